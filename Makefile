@@ -1,0 +1,40 @@
+# agentretry: PGXS build
+EXTENSION = agentretry
+MODULE_big = agentretry
+OBJS = \
+	src/agentretry.o \
+	src/backoff.o \
+	src/claim.o \
+	src/decide.o \
+	src/events.o \
+	src/lease.o \
+	src/op_hash.o \
+	src/operation.o \
+	src/outcome.o \
+	src/policy.o \
+	src/types.o \
+	src/validate.o
+
+DATA = $(wildcard sql/agentretry--*.sql)
+PGFILEDESC = "agentretry - safe retries for side-effecting tool calls"
+
+# pg_regress suite: sql/NAME.sql against expected/NAME.out
+REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors
+REGRESS_OPTS = --inputdir=. --outputdir=build/regress
+
+# isolation specs: test/isolation/specs/NAME.spec
+ISOLATION = claim_pattern_a claim_pattern_b fenced_complete expired_lease_race
+ISOLATION_OPTS = --inputdir=test/isolation --outputdir=build/isolation
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -Isrc
+PG_CFLAGS = -Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Werror
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+installcheck: | build/regress build/isolation
+build/regress build/isolation:
+	mkdir -p $@
+
+EXTRA_CLEAN = build

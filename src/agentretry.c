@@ -1,0 +1,81 @@
+/*-------------------------------------------------------------------------
+ *
+ * agentretry.c
+ *	  Module entry point and configuration (GUCs) of agentretry.
+ *
+ * The SQL-callable functions live beside what they implement: claim.c,
+ * lease.c, outcome.c, decide.c, backoff.c, op_hash.c, policy.c.
+ *
+ * src/agentretry.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "fmgr.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+
+#include "agentretry.h"
+
+PG_MODULE_MAGIC;
+
+int			ar_default_lease_sec = 300;
+int			ar_default_ttl_sec = 7 * SECS_PER_DAY;
+int			ar_max_payload = 1024 * 1024;
+int			ar_event_retention_sec = 30 * SECS_PER_DAY;
+bool		ar_trace_all = false;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("agentretry.default_lease",
+							gettext_noop("Lease granted by claim() when neither the call nor the tool sets one."),
+							NULL,
+							&ar_default_lease_sec,
+							300, 1, SECS_PER_DAY,
+							PGC_USERSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.default_ttl",
+							gettext_noop("How long a terminal operation is kept before it may be purged, unless its tool sets a TTL."),
+							NULL,
+							&ar_default_ttl_sec,
+							7 * SECS_PER_DAY, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.max_payload",
+							gettext_noop("Largest args, result or message accepted, in bytes."),
+							NULL,
+							&ar_max_payload,
+							1024 * 1024, 1024, MaxAllocSize / 2,
+							PGC_SUSET, GUC_UNIT_BYTE,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.event_retention",
+							gettext_noop("How long rows of agentretry.events are kept."),
+							NULL,
+							&ar_event_retention_sec,
+							30 * SECS_PER_DAY, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("agentretry.trace_all",
+							 gettext_noop("Also trace claims, replays and completions in agentretry.events."),
+							 NULL,
+							 &ar_trace_all,
+							 false,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+#if PG_VERSION_NUM >= 150000
+	MarkGUCPrefixReserved("agentretry");
+#else
+	EmitWarningsOnPlaceholders("agentretry");
+#endif
+}

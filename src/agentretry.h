@@ -1,0 +1,273 @@
+/*-------------------------------------------------------------------------
+ *
+ * agentretry.h
+ *	  Shared declarations of the agentretry extension.
+ *
+ * Vocabulary: an *operation* is one side-effecting tool call named by an
+ * idempotency key; an *attempt* is one execution of it under a *lease*; the
+ * lease's *fencing token* (lease_token) grows with every lease issued for
+ * the key, so only the newest holder may record an outcome.  A *policy* is
+ * the merged retry configuration of the operation's tool.
+ *
+ * src/agentretry.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AGENTRETRY_H
+#define AGENTRETRY_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+#include "executor/spi.h"
+#include "utils/jsonb.h"
+
+/* SQLSTATEs of the documented error classes */
+#define ERRCODE_AR_FINGERPRINT_CONFLICT	MAKE_SQLSTATE('A','R','0','0','1')
+#define ERRCODE_AR_LEASE_LOST			MAKE_SQLSTATE('A','R','0','0','2')
+#define ERRCODE_AR_UNKNOWN_KEY			MAKE_SQLSTATE('A','R','0','0','3')
+#define ERRCODE_AR_INVALID_STATE		MAKE_SQLSTATE('A','R','0','0','4')
+
+#define AR_SHA256_LEN		32
+#define AR_MAX_KEY_LEN		512
+#define AR_MAX_NAME_LEN		128
+#define AR_DEFAULT_TENANT	"default"
+#define AR_DEFAULT_TOOL		"default"
+
+/* "no value" markers for timestamps and delays kept in C structs */
+#define TS_NONE				DT_NOBEGIN
+#define USEC_NONE			((int64) -1)
+
+/* GUCs (agentretry.c) */
+extern int	ar_default_lease_sec;
+extern int	ar_default_ttl_sec;
+extern int	ar_max_payload;
+extern int	ar_event_retention_sec;
+extern bool ar_trace_all;
+
+/*
+ * C mirrors of the SQL enums.  The order matches the SQL label order; the
+ * label tables in types.c convert between the two.
+ */
+typedef enum OpState
+{
+	OP_IN_PROGRESS,
+	OP_RETRY_WAIT,
+	OP_VERIFY,
+	OP_SUCCEEDED,
+	OP_DEAD,
+	OP_CANCELLED
+} OpState;
+
+typedef enum Outcome
+{
+	OUT_EXECUTE,
+	OUT_REPLAY,
+	OUT_BUSY,
+	OUT_WAIT,
+	OUT_VERIFY,
+	OUT_DEAD,
+	OUT_CANCELLED,
+	OUT_DENIED
+} Outcome;
+
+typedef enum FailureClass
+{
+	FC_TRANSIENT,
+	FC_PERMANENT,
+	FC_AMBIGUOUS
+} FailureClass;
+
+/* PHASE_UNKNOWN stands for SQL NULL and is decided like mid_execution */
+typedef enum FailurePhase
+{
+	PHASE_PRE,
+	PHASE_MID,
+	PHASE_POST,
+	PHASE_UNKNOWN
+} FailurePhase;
+
+typedef enum Idempotency
+{
+	IDEM_IDEMPOTENT,
+	IDEM_NON_IDEMPOTENT,
+	IDEM_UNKNOWN
+} Idempotency;
+
+typedef enum SideEffect
+{
+	SE_READ,
+	SE_WRITE,
+	SE_DESTRUCTIVE
+} SideEffect;
+
+typedef enum JitterMode
+{
+	JITTER_NONE,
+	JITTER_FULL,
+	JITTER_EQUAL,
+	JITTER_DECORRELATED
+} JitterMode;
+
+typedef enum DecisionAction
+{
+	ACT_RETRY,
+	ACT_VERIFY,
+	ACT_DEAD
+} DecisionAction;
+
+/* types.c: label tables and conversions */
+extern const char *const op_state_labels[];
+extern const char *const outcome_labels[];
+extern const char *const failure_class_labels[];
+extern const char *const failure_phase_labels[];
+extern const char *const idempotency_labels[];
+extern const char *const side_effect_labels[];
+extern const char *const jitter_labels[];
+extern const char *const action_labels[];
+
+extern int	label_index(const char *const *labels, const char *label);
+extern int	enum_datum_index(const char *const *labels, Datum enumval);
+extern Datum label_enum_datum(Oid enumtypoid, const char *label);
+extern int64 interval_usec(const Interval *iv);
+extern Interval *usec_interval(int64 usec);
+extern TimestampTz ts_add_usec(TimestampTz ts, int64 usec);
+
+/* validate.c: argument checks shared by the SQL-callable functions */
+extern char *arg_key(FunctionCallInfo fcinfo, int argno);
+extern char *arg_tenant(FunctionCallInfo fcinfo, int argno);
+extern char *arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
+					  const char *dflt, int maxlen);
+extern char *arg_optional_text(FunctionCallInfo fcinfo, int argno,
+							   const char *what);
+extern int64 arg_lease_token(FunctionCallInfo fcinfo, int argno);
+extern int64 arg_lease_usec(FunctionCallInfo fcinfo, int argno,
+							const char *what);
+extern Jsonb *arg_payload(FunctionCallInfo fcinfo, int argno,
+						  const char *what, bool required);
+extern void check_not_null(FunctionCallInfo fcinfo, int argno,
+						   const char *what);
+
+/* op_hash.c */
+extern bytea *compute_op_hash(Jsonb *args, ArrayType *ignore);
+
+/* backoff.c */
+extern int64 backoff_usec(int attempt, int64 base, int64 cap,
+						  double multiplier, JitterMode jitter,
+						  int64 previous);
+
+/* decide.c: the decision matrix, free of I/O */
+typedef struct DecisionInput
+{
+	FailureClass failure;
+	FailurePhase phase;
+	Idempotency idempotency;
+	SideEffect	side_effect;
+	int			attempt;		/* attempts made so far, >= 1 */
+	int			max_attempts;
+	int64		delay;			/* jittered backoff, usec */
+	int64		retry_after;	/* server-directed minimum, usec or USEC_NONE */
+	TimestampTz deadline;		/* or TS_NONE */
+	TimestampTz now;
+} DecisionInput;
+
+typedef struct Decision
+{
+	DecisionAction action;
+	TimestampTz retry_at;		/* TS_NONE unless action is retry */
+	int64		delay;			/* retry_at - now, usec; USEC_NONE if none */
+	int			attempt;
+	const char *reason;
+} Decision;
+
+extern void decide_failure(const DecisionInput *in, Decision *out);
+
+/* policy.c: tier defaults merged with a tool's registered fields */
+typedef struct Policy
+{
+	bool		registered;
+	Idempotency idempotency;
+	SideEffect	side_effect;
+	int			max_attempts;
+	int64		base_delay;
+	int64		max_delay;
+	double		multiplier;
+	JitterMode	jitter;
+	int64		deadline;		/* USEC_NONE: no deadline */
+	int64		lease;
+	int64		ttl;
+} Policy;
+
+extern void policy_tier_defaults(Policy *p, SideEffect side_effect);
+extern void policy_from_columns(Policy *p, HeapTuple tup, TupleDesc desc,
+								int firstcol);
+
+/* operation.c: the operations table, through cached SPI plans */
+typedef struct Operation
+{
+	char	   *tenant;
+	char	   *key;
+	OpState		state;
+	bytea	   *op_hash;
+	char	   *tool;
+	int32		attempts;
+	int64		lease_token;
+	char	   *lease_owner;
+	TimestampTz lease_expires_at;
+	TimestampTz next_attempt_at;
+	TimestampTz first_attempt_at;
+	TimestampTz last_attempt_at;
+	TimestampTz deadline;
+	int			failure_class;	/* FailureClass, or -1 */
+	int			failure_phase;	/* FailurePhase, or -1 */
+	char	   *failure_code;
+	char	   *failure_message;
+	int64		last_delay;
+	char	   *reason;
+	Datum		result;			/* jsonb, valid when has_result */
+	bool		has_result;
+	char	   *run_id;
+	char	   *step;
+	Policy		policy;			/* filled by operation_load(..., true) */
+} Operation;
+
+extern bool operation_load(const char *tenant, const char *key, bool lock,
+						   Operation *op);
+extern bool operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
+							 TimestampTz now);
+extern void operation_store(const Operation *op, TimestampTz now);
+extern bool operation_complete(Operation *op, int64 lease_token,
+							   Jsonb *result, const char *reason,
+							   const char *compensate_tool,
+							   Jsonb *compensate_args, TimestampTz now);
+extern Datum operation_row(const char *tenant, const char *key, bool *found);
+extern Jsonb *operation_last_error(const Operation *op);
+extern void operation_set_terminal(Operation *op, OpState state,
+								   const char *reason, TimestampTz now);
+extern void apply_failure(Operation *op, FailureClass failure,
+						  FailurePhase phase, const char *code,
+						  const char *message, int64 retry_after,
+						  int64 elapsed, TimestampTz now, Decision *d);
+extern void check_fencing(const Operation *op, int64 lease_token);
+extern void report_unknown_key(const char *tenant, const char *key);
+extern bool op_state_terminal(OpState s);
+
+/* events.c */
+typedef struct EventData
+{
+	const char *kind;
+	const Operation *op;
+	int			failure_class;	/* -1: none */
+	int			failure_phase;	/* -1: none */
+	const char *code;
+	const char *message;
+	const char *reason;
+	int64		delay;			/* USEC_NONE: none */
+	TimestampTz at;
+} EventData;
+
+extern void record_event(const EventData *ev);
+extern void record_simple_event(const char *kind, const Operation *op,
+								const char *reason, TimestampTz at);
+
+#endif							/* AGENTRETRY_H */

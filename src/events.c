@@ -1,0 +1,123 @@
+/*-------------------------------------------------------------------------
+ *
+ * events.c
+ *	  The append-only trace in agentretry.events.
+ *
+ * Retries, failures, verifications, dead-letters and operator actions are
+ * always traced; claims, replays and completions only with
+ * agentretry.trace_all, because they are the hot path and the operations
+ * row already records them.  Events are written in the caller's
+ * transaction, so a rolled-back decision leaves no trace.
+ *
+ * src/events.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+#define EVENT_NARGS 16
+
+static SPIPlanPtr insert_plan;
+
+static SPIPlanPtr
+event_plan(void)
+{
+	static const Oid argtypes[EVENT_NARGS] = {
+		TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
+		INT8OID, TEXTOID
+	};
+
+	if (insert_plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(
+									   "INSERT INTO agentretry.events"
+									   " (tenant, at, kind, key, tool, run_id, step, attempt,"
+									   "  failure_class, failure_phase, code, message, reason,"
+									   "  delay, lease_token, owner)"
+									   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+									   "  $9::agentretry.failure_class, $10::agentretry.failure_phase,"
+									   "  $11, $12, $13, $14, $15, $16)",
+									   EVENT_NARGS, (Oid *) argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "agentretry: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		insert_plan = plan;
+	}
+	return insert_plan;
+}
+
+static void
+put_text(Datum *values, char *nulls, int i, const char *s)
+{
+	if (s)
+		values[i] = CStringGetTextDatum(s);
+	else
+		nulls[i] = 'n';
+}
+
+/* Append one event; the caller must be SPI-connected. */
+void
+record_event(const EventData *ev)
+{
+	const Operation *op = ev->op;
+	Datum		values[EVENT_NARGS];
+	char		nulls[EVENT_NARGS];
+	int			rc;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = TimestampTzGetDatum(ev->at);
+	values[2] = CStringGetTextDatum(ev->kind);
+	put_text(values, nulls, 3, op->key);
+	put_text(values, nulls, 4, op->tool);
+	put_text(values, nulls, 5, op->run_id);
+	put_text(values, nulls, 6, op->step);
+	values[7] = Int32GetDatum(op->attempts);
+	put_text(values, nulls, 8,
+			 ev->failure_class >= 0 ? failure_class_labels[ev->failure_class] : NULL);
+	put_text(values, nulls, 9,
+			 ev->failure_phase >= 0 ? failure_phase_labels[ev->failure_phase] : NULL);
+	put_text(values, nulls, 10, ev->code);
+	put_text(values, nulls, 11, ev->message);
+	put_text(values, nulls, 12, ev->reason);
+	if (ev->delay != USEC_NONE)
+		values[13] = IntervalPGetDatum(usec_interval(ev->delay));
+	else
+		nulls[13] = 'n';
+	values[14] = Int64GetDatum(op->lease_token);
+	put_text(values, nulls, 15, op->lease_owner);
+
+	rc = SPI_execute_plan(event_plan(), values, nulls, false, 0);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "agentretry: could not record event: %s",
+			 SPI_result_code_string(rc));
+}
+
+/* An event without failure details (claim, replay, complete, release...). */
+void
+record_simple_event(const char *kind, const Operation *op,
+					const char *reason, TimestampTz at)
+{
+	EventData	ev;
+
+	ev.kind = kind;
+	ev.op = op;
+	ev.failure_class = -1;
+	ev.failure_phase = -1;
+	ev.code = NULL;
+	ev.message = NULL;
+	ev.reason = reason;
+	ev.delay = USEC_NONE;
+	ev.at = at;
+	record_event(&ev);
+}

@@ -1,0 +1,584 @@
+/*-------------------------------------------------------------------------
+ *
+ * operation.c
+ *	  Reading and writing rows of agentretry.operations, and the state
+ *	  transitions shared by claim, fail and resolve.
+ *
+ * All access goes through SPI plans prepared once per backend and kept
+ * (SPI_keepplan); the plan cache revalidates them after DDL.  Query texts
+ * are fully schema-qualified and pass enums as text, so they do not depend
+ * on search_path or on enum OIDs.  Callers must be SPI-connected.
+ *
+ * Locks: operation_load(..., lock = true) takes FOR UPDATE on the row and
+ * is the only way a transition starts, so transitions of one key are
+ * serialised by the row lock.  operation_complete() is a single UPDATE whose
+ * WHERE clause is the fencing check itself; under READ COMMITTED a
+ * concurrent transition makes it re-check the newest row version and miss.
+ *
+ * src/operation.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+#define OP_COLUMNS \
+	"o.state::text, o.op_hash, o.tool, o.attempts, o.lease_token, " \
+	"o.lease_owner, o.lease_expires_at, o.next_attempt_at, " \
+	"o.first_attempt_at, o.last_attempt_at, o.deadline, " \
+	"o.last_failure_class::text, o.last_failure_phase::text, " \
+	"o.last_failure_code, o.last_failure_message, o.last_delay, o.reason, " \
+	"o.result, o.run_id, o.step"
+#define OP_NCOLUMNS 20
+
+/* policy columns, appended after OP_COLUMNS by the locking load */
+#define POLICY_COLUMNS \
+	"t.idempotency::text, t.side_effect::text, t.max_attempts, t.base_delay, " \
+	"t.max_delay, t.multiplier, t.jitter::text, t.deadline, t.lease, t.ttl"
+
+enum
+{
+	PLAN_LOAD,
+	PLAN_LOAD_LOCK,
+	PLAN_INSERT,
+	PLAN_STORE,
+	PLAN_COMPLETE,
+	PLAN_ROW,
+	NUM_PLANS
+};
+
+typedef struct PlanDef
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[20];
+} PlanDef;
+
+static const PlanDef plan_defs[NUM_PLANS] = {
+	[PLAN_LOAD] = {
+		"SELECT " OP_COLUMNS " FROM agentretry.operations o"
+		" WHERE o.tenant = $1 AND o.key = $2",
+		2, {TEXTOID, TEXTOID}
+	},
+	[PLAN_LOAD_LOCK] = {
+		"SELECT " OP_COLUMNS ", " POLICY_COLUMNS
+		" FROM agentretry.operations o"
+		" LEFT JOIN agentretry.tools t ON t.name = o.tool"
+		" WHERE o.tenant = $1 AND o.key = $2 FOR UPDATE OF o",
+		2, {TEXTOID, TEXTOID}
+	},
+	[PLAN_INSERT] = {
+		"INSERT INTO agentretry.operations AS o"
+		" (tenant, key, op_hash, args, tool, state, attempts, lease_token,"
+		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
+		"  deadline, run_id, step, created_at, updated_at)"
+		" SELECT $1, $2, $3, $4, $5, 'in_progress', 1, 1, $6,"
+		"  $7 + coalesce($8, t.lease, $9), $7, $7, $7 + t.deadline, $10, $11, $7, $7"
+		" FROM (SELECT) AS one LEFT JOIN agentretry.tools t ON t.name = $5"
+		" ON CONFLICT (tenant, key) DO NOTHING"
+		" RETURNING o.lease_expires_at, o.deadline",
+		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID,
+		TIMESTAMPTZOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID}
+	},
+	[PLAN_STORE] = {
+		"UPDATE agentretry.operations SET"
+		" state = $3::agentretry.operation_state, attempts = $4,"
+		" lease_token = $5, lease_owner = $6, lease_expires_at = $7,"
+		" next_attempt_at = $8, first_attempt_at = $9, last_attempt_at = $10,"
+		" last_failure_class = $11::agentretry.failure_class,"
+		" last_failure_phase = $12::agentretry.failure_phase,"
+		" last_failure_code = $13, last_failure_message = $14,"
+		" last_delay = $15, reason = $16, completed_at = $17,"
+		" expires_at = $18, updated_at = $19"
+		" WHERE tenant = $1 AND key = $2",
+		19, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
+			TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
+			TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID,
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	},
+	[PLAN_COMPLETE] = {
+		"UPDATE agentretry.operations o SET"
+		" state = 'succeeded', result = $4, compensate_tool = $5,"
+		" compensate_args = $6, reason = $7, lease_expires_at = NULL,"
+		" next_attempt_at = NULL, completed_at = $8, updated_at = $8,"
+		" expires_at = $8 + coalesce((SELECT t.ttl FROM agentretry.tools t"
+		"                             WHERE t.name = o.tool), $9)"
+		" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3"
+		" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
+		" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step",
+		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID,
+		TIMESTAMPTZOID, INTERVALOID}
+	},
+	[PLAN_ROW] = {
+		"SELECT o FROM agentretry.operations o"
+		" WHERE o.tenant = $1 AND o.key = $2",
+		2, {TEXTOID, TEXTOID}
+	},
+};
+
+static SPIPlanPtr plans[NUM_PLANS];
+
+static SPIPlanPtr
+get_plan(int which)
+{
+	if (plans[which] == NULL)
+	{
+		const PlanDef *def = &plan_defs[which];
+		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs,
+									   (Oid *) def->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "agentretry: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		plans[which] = plan;
+	}
+	return plans[which];
+}
+
+static int
+run_plan(int which, Datum *values, const char *nulls, bool read_only)
+{
+	int			rc = SPI_execute_plan(get_plan(which), values, nulls,
+									  read_only, 0);
+
+	if (rc < 0)
+		elog(ERROR, "agentretry: SPI_execute_plan failed: %s",
+			 SPI_result_code_string(rc));
+	return rc;
+}
+
+/* column readers: NULL maps to the "none" marker of each C type */
+static char *
+col_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+static TimestampTz
+col_ts(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? TS_NONE : DatumGetTimestampTz(d);
+}
+
+static int64
+col_usec(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? USEC_NONE : interval_usec(DatumGetIntervalP(d));
+}
+
+static int
+col_label(HeapTuple tup, TupleDesc desc, int col, const char *const *labels)
+{
+	char	   *s = SPI_getvalue(tup, desc, col);
+
+	return s ? label_index(labels, s) : -1;
+}
+
+static void
+fill_operation(Operation *op, HeapTuple tup, TupleDesc desc)
+{
+	bool		isnull;
+
+	op->state = (OpState) col_label(tup, desc, 1, op_state_labels);
+	op->op_hash = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
+	op->tool = col_text(tup, desc, 3);
+	op->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	op->lease_token = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
+	op->lease_owner = col_text(tup, desc, 6);
+	op->lease_expires_at = col_ts(tup, desc, 7);
+	op->next_attempt_at = col_ts(tup, desc, 8);
+	op->first_attempt_at = col_ts(tup, desc, 9);
+	op->last_attempt_at = col_ts(tup, desc, 10);
+	op->deadline = col_ts(tup, desc, 11);
+	op->failure_class = col_label(tup, desc, 12, failure_class_labels);
+	op->failure_phase = col_label(tup, desc, 13, failure_phase_labels);
+	op->failure_code = col_text(tup, desc, 14);
+	op->failure_message = col_text(tup, desc, 15);
+	op->last_delay = col_usec(tup, desc, 16);
+	op->reason = col_text(tup, desc, 17);
+	op->result = SPI_getbinval(tup, desc, 18, &isnull);
+	op->has_result = !isnull;
+	op->run_id = col_text(tup, desc, 19);
+	op->step = col_text(tup, desc, 20);
+}
+
+/*
+ * Read the operation (tenant, key) into op.  With lock, the row is locked
+ * FOR UPDATE (waiting for a concurrent holder) and op->policy is filled;
+ * without, the read takes no lock and op->policy is left untouched.
+ * Returns false when the key does not exist.
+ */
+bool
+operation_load(const char *tenant, const char *key, bool lock, Operation *op)
+{
+	Datum		values[2];
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(key);
+	run_plan(lock ? PLAN_LOAD_LOCK : PLAN_LOAD, values, NULL, false);
+	if (SPI_processed == 0)
+		return false;
+
+	op->tenant = pstrdup(tenant);
+	op->key = pstrdup(key);
+	fill_operation(op, SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+	if (lock)
+		policy_from_columns(&op->policy, SPI_tuptable->vals[0],
+							SPI_tuptable->tupdesc, OP_NCOLUMNS + 1);
+	return true;
+}
+
+/*
+ * Insert a new operation leased to op->lease_owner as attempt 1 with
+ * fencing token 1.  op carries tenant, key, op_hash, tool, run_id, step and
+ * lease_owner.  Returns false when the key already exists (after waiting
+ * for an uncommitted insert of the same key to commit or roll back).
+ */
+bool
+operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
+				 TimestampTz now)
+{
+	Datum		values[11];
+	char		nulls[11];
+	HeapTuple	tup;
+	TupleDesc	desc;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = PointerGetDatum(op->op_hash);
+	values[3] = JsonbPGetDatum(args);
+	values[4] = CStringGetTextDatum(op->tool);
+	values[5] = CStringGetTextDatum(op->lease_owner);
+	values[6] = TimestampTzGetDatum(now);
+	if (lease_usec == USEC_NONE)
+		nulls[7] = 'n';
+	else
+		values[7] = IntervalPGetDatum(usec_interval(lease_usec));
+	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_lease_sec * USECS_PER_SEC));
+	if (op->run_id)
+		values[9] = CStringGetTextDatum(op->run_id);
+	else
+		nulls[9] = 'n';
+	if (op->step)
+		values[10] = CStringGetTextDatum(op->step);
+	else
+		nulls[10] = 'n';
+
+	run_plan(PLAN_INSERT, values, nulls, false);
+	if (SPI_processed == 0)
+		return false;
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	op->state = OP_IN_PROGRESS;
+	op->attempts = 1;
+	op->lease_token = 1;
+	op->lease_expires_at = col_ts(tup, desc, 1);
+	op->deadline = col_ts(tup, desc, 2);
+	op->next_attempt_at = TS_NONE;
+	op->first_attempt_at = now;
+	op->last_attempt_at = now;
+	op->failure_class = -1;
+	op->failure_phase = -1;
+	op->failure_code = NULL;
+	op->failure_message = NULL;
+	op->last_delay = USEC_NONE;
+	op->reason = NULL;
+	op->has_result = false;
+	return true;
+}
+
+static void
+set_text(Datum *values, char *nulls, int i, const char *s)
+{
+	if (s)
+		values[i] = CStringGetTextDatum(s);
+	else
+		nulls[i] = 'n';
+}
+
+static void
+set_ts(Datum *values, char *nulls, int i, TimestampTz ts)
+{
+	if (ts != TS_NONE)
+		values[i] = TimestampTzGetDatum(ts);
+	else
+		nulls[i] = 'n';
+}
+
+/*
+ * Write back every mutable column of op (all but result and compensation,
+ * which only operation_complete sets).  The row must be locked by
+ * operation_load(..., true), whose policy supplies the TTL of a terminal
+ * row.
+ */
+void
+operation_store(const Operation *op, TimestampTz now)
+{
+	Datum		values[19];
+	char		nulls[19];
+	bool		terminal = op_state_terminal(op->state);
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = CStringGetTextDatum(op_state_labels[op->state]);
+	values[3] = Int32GetDatum(op->attempts);
+	values[4] = Int64GetDatum(op->lease_token);
+	set_text(values, nulls, 5, op->lease_owner);
+	set_ts(values, nulls, 6, op->lease_expires_at);
+	set_ts(values, nulls, 7, op->next_attempt_at);
+	set_ts(values, nulls, 8, op->first_attempt_at);
+	set_ts(values, nulls, 9, op->last_attempt_at);
+	set_text(values, nulls, 10,
+			 op->failure_class >= 0 ? failure_class_labels[op->failure_class] : NULL);
+	set_text(values, nulls, 11,
+			 op->failure_phase >= 0 ? failure_phase_labels[op->failure_phase] : NULL);
+	set_text(values, nulls, 12, op->failure_code);
+	set_text(values, nulls, 13, op->failure_message);
+	if (op->last_delay != USEC_NONE)
+		values[14] = IntervalPGetDatum(usec_interval(op->last_delay));
+	else
+		nulls[14] = 'n';
+	set_text(values, nulls, 15, op->reason);
+	set_ts(values, nulls, 16, terminal ? now : TS_NONE);
+	set_ts(values, nulls, 17, terminal ? ts_add_usec(now, op->policy.ttl) : TS_NONE);
+	values[18] = TimestampTzGetDatum(now);
+
+	run_plan(PLAN_STORE, values, nulls, false);
+	if (SPI_processed != 1)
+		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
+}
+
+/*
+ * Mark the operation succeeded with its receipt, if lease_token is still
+ * the newest and the operation not terminal.  One statement: the WHERE
+ * clause is the fencing check.  On success op's tool, attempts, owner,
+ * run_id and step are filled for tracing; returns false when the check
+ * failed or the key does not exist.
+ */
+bool
+operation_complete(Operation *op, int64 lease_token, Jsonb *result,
+				   const char *reason, const char *compensate_tool,
+				   Jsonb *compensate_args, TimestampTz now)
+{
+	Datum		values[9];
+	char		nulls[9];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = Int64GetDatum(lease_token);
+	if (result)
+		values[3] = JsonbPGetDatum(result);
+	else
+		nulls[3] = 'n';
+	set_text(values, nulls, 4, compensate_tool);
+	if (compensate_args)
+		values[5] = JsonbPGetDatum(compensate_args);
+	else
+		nulls[5] = 'n';
+	set_text(values, nulls, 6, reason);
+	values[7] = TimestampTzGetDatum(now);
+	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
+
+	run_plan(PLAN_COMPLETE, values, nulls, false);
+	if (SPI_processed == 0)
+		return false;
+
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	op->state = OP_SUCCEEDED;
+	op->lease_token = lease_token;
+	op->tool = col_text(tup, desc, 1);
+	op->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+	op->lease_owner = col_text(tup, desc, 3);
+	op->run_id = col_text(tup, desc, 4);
+	op->step = col_text(tup, desc, 5);
+	op->reason = (char *) reason;
+	return true;
+}
+
+/* the whole row as a composite datum in the upper executor context */
+Datum
+operation_row(const char *tenant, const char *key, bool *found)
+{
+	Datum		values[2];
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(key);
+	run_plan(PLAN_ROW, values, NULL, true);
+	*found = SPI_processed > 0;
+	if (!*found)
+		return (Datum) 0;
+	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 1, &isnull),
+							 false, -1);
+}
+
+static void
+json_field(StringInfo buf, const char *name, const char *value, bool first)
+{
+	if (!first)
+		appendStringInfoString(buf, ", ");
+	escape_json(buf, name);
+	appendStringInfoString(buf, ": ");
+	if (value)
+		escape_json(buf, value);
+	else
+		appendStringInfoString(buf, "null");
+}
+
+/* the last failure of op as {"class", "phase", "code", "message", "reason"} */
+Jsonb *
+operation_last_error(const Operation *op)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '{');
+	json_field(&buf, "class",
+			   op->failure_class >= 0 ? failure_class_labels[op->failure_class] : NULL, true);
+	json_field(&buf, "phase",
+			   op->failure_phase >= 0 ? failure_phase_labels[op->failure_phase] : NULL, false);
+	json_field(&buf, "code", op->failure_code, false);
+	json_field(&buf, "message", op->failure_message, false);
+	json_field(&buf, "reason", op->reason, false);
+	appendStringInfoChar(&buf, '}');
+	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+bool
+op_state_terminal(OpState s)
+{
+	return s == OP_SUCCEEDED || s == OP_DEAD || s == OP_CANCELLED;
+}
+
+void
+operation_set_terminal(Operation *op, OpState state, const char *reason,
+					   TimestampTz now)
+{
+	op->state = state;
+	op->reason = (char *) reason;
+	op->lease_expires_at = TS_NONE;
+	op->next_attempt_at = TS_NONE;
+}
+
+/*
+ * Record a failed attempt of op and apply the decision to op (the caller
+ * stores it).  elapsed is how long ago the failure really happened (an
+ * expired lease failed at its expiry); that much of the backoff has already
+ * been waited.  Every failure is traced.
+ */
+void
+apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
+			  const char *code, const char *message, int64 retry_after,
+			  int64 elapsed, TimestampTz now, Decision *d)
+{
+	DecisionInput in;
+	EventData	ev;
+	int			attempt = Max(op->attempts, 1);
+	int64		backoff;
+
+	backoff = backoff_usec(attempt, op->policy.base_delay,
+						   op->policy.max_delay, op->policy.multiplier,
+						   op->policy.jitter, op->last_delay);
+	in.failure = failure;
+	in.phase = phase;
+	in.idempotency = op->policy.idempotency;
+	in.side_effect = op->policy.side_effect;
+	in.attempt = attempt;
+	in.max_attempts = op->policy.max_attempts;
+	in.delay = elapsed >= backoff ? 0 : backoff - elapsed;
+	in.retry_after = retry_after;
+	in.deadline = op->deadline;
+	in.now = now;
+	decide_failure(&in, d);
+
+	op->failure_class = failure;
+	op->failure_phase = phase == PHASE_UNKNOWN ? -1 : (int) phase;
+	op->failure_code = (char *) code;
+	op->failure_message = (char *) message;
+	op->reason = (char *) d->reason;
+	op->lease_expires_at = TS_NONE;
+	switch (d->action)
+	{
+		case ACT_RETRY:
+			op->state = OP_RETRY_WAIT;
+			op->next_attempt_at = d->retry_at;
+			op->last_delay = backoff;
+			break;
+		case ACT_VERIFY:
+			op->state = OP_VERIFY;
+			op->next_attempt_at = TS_NONE;
+			break;
+		case ACT_DEAD:
+			operation_set_terminal(op, OP_DEAD, d->reason, now);
+			break;
+	}
+
+	ev.kind = action_labels[d->action];
+	ev.op = op;
+	ev.failure_class = failure;
+	ev.failure_phase = op->failure_phase;
+	ev.code = code;
+	ev.message = message;
+	ev.reason = d->reason;
+	ev.delay = d->delay;
+	ev.at = now;
+	record_event(&ev);
+}
+
+void
+report_unknown_key(const char *tenant, const char *key)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_AR_UNKNOWN_KEY),
+			 errmsg("operation \"%s\" does not exist", key),
+			 errdetail("No operation has this key in tenant \"%s\".", tenant)));
+}
+
+/*
+ * The fencing check of complete, fail, heartbeat and release: only the
+ * newest lease of an operation that is not terminal may act.
+ */
+void
+check_fencing(const Operation *op, int64 lease_token)
+{
+	if (lease_token != op->lease_token)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_LEASE_LOST),
+				 errmsg("lease on operation \"%s\" was lost", op->key),
+				 errdetail("Lease token " INT64_FORMAT " was superseded by " INT64_FORMAT ".",
+						   lease_token, op->lease_token),
+				 errhint("Another worker took the operation over; record nothing for this attempt.")));
+	if (op_state_terminal(op->state))
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_LEASE_LOST),
+				 errmsg("lease on operation \"%s\" was lost", op->key),
+				 errdetail("The operation is already %s.", op_state_labels[op->state])));
+}

@@ -1,0 +1,256 @@
+/*-------------------------------------------------------------------------
+ *
+ * outcome.c
+ *	  complete(), fail() and resolve(): recording what an attempt or a
+ *	  verification found out.
+ *
+ * complete() is one UPDATE whose WHERE clause is the fencing check, so
+ * the success path costs one statement; only a refused call reads the row
+ * again to say why.  fail() and resolve() lock the row FOR UPDATE, decide
+ * (decide.c) with the tool's policy and store the decision.
+ *
+ * src/outcome.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+/* Says why a complete() was refused; does not return. */
+static void
+report_refused_complete(const char *tenant, const char *key, int64 lease_token)
+{
+	Operation	op;
+
+	if (!operation_load(tenant, key, false, &op))
+		report_unknown_key(tenant, key);
+	check_fencing(&op, lease_token);
+	/* the row changed between the UPDATE and this read */
+	ereport(ERROR,
+			(errcode(ERRCODE_AR_LEASE_LOST),
+			 errmsg("lease on operation \"%s\" was lost", key),
+			 errdetail("The operation changed concurrently.")));
+}
+
+PG_FUNCTION_INFO_V1(agentretry_complete);
+
+/*
+ * complete(key text, lease_token bigint, result jsonb DEFAULT NULL, tenant
+ *			text DEFAULT NULL, compensate_tool text DEFAULT NULL,
+ *			compensate_args jsonb DEFAULT NULL) returns void
+ *
+ * Records success and its receipt.  Accepted exactly when lease_token is
+ * the newest issued for the key and the operation is not terminal (an
+ * expired lease nobody took over still completes: the work was done);
+ * otherwise raises AR002, which in pattern A rolls the side effect back.
+ */
+Datum
+agentretry_complete(PG_FUNCTION_ARGS)
+{
+	Operation	op;
+	int64		lease_token;
+	Jsonb	   *result;
+	char	   *compensate_tool;
+	Jsonb	   *compensate_args;
+	TimestampTz now = GetCurrentTimestamp();
+
+	memset(&op, 0, sizeof(op));
+	op.key = arg_key(fcinfo, 0);
+	lease_token = arg_lease_token(fcinfo, 1);
+	result = arg_payload(fcinfo, 2, "result", false);
+	op.tenant = arg_tenant(fcinfo, 3);
+	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
+	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
+
+	SPI_connect();
+	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
+							compensate_args, now))
+		report_refused_complete(op.tenant, op.key, lease_token);
+	if (ar_trace_all)
+		record_simple_event("complete", &op, NULL, now);
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+static Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	desc;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "agentretry: fail must return a composite type");
+	desc = BlessTupleDesc(desc);
+	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
+								 action_labels[d->action]);
+	values[1] = TimestampTzGetDatum(d->retry_at);
+	nulls[1] = d->retry_at == TS_NONE;
+	values[2] = Int32GetDatum(d->attempt);
+	values[3] = CStringGetTextDatum(d->reason);
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
+}
+
+PG_FUNCTION_INFO_V1(agentretry_fail);
+
+/*
+ * fail(key text, lease_token bigint, failure failure_class, phase
+ *		failure_phase DEFAULT NULL, code text DEFAULT NULL, message text
+ *		DEFAULT NULL, retry_after interval DEFAULT NULL, tenant text DEFAULT
+ *		NULL) returns decision
+ *
+ * Records a failed attempt and returns what happens next: retry at
+ * retry_at, verify, or dead.  attempt in the result is the number of the
+ * attempt that failed.  Raises AR002 like complete(), and AR004 while the
+ * operation awaits verification (resolve() ends that).
+ */
+Datum
+agentretry_fail(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0);
+	int64		lease_token = arg_lease_token(fcinfo, 1);
+	FailureClass failure;
+	FailurePhase phase;
+	char	   *code;
+	char	   *message;
+	int64		retry_after = USEC_NONE;
+	char	   *tenant;
+	TimestampTz now = GetCurrentTimestamp();
+	Operation	op;
+	Decision	d;
+	MemoryContext caller = CurrentMemoryContext;
+	Datum		result;
+
+	check_not_null(fcinfo, 2, "failure");
+	failure = (FailureClass) enum_datum_index(failure_class_labels, PG_GETARG_DATUM(2));
+	phase = PG_ARGISNULL(3) ? PHASE_UNKNOWN :
+		(FailurePhase) enum_datum_index(failure_phase_labels, PG_GETARG_DATUM(3));
+	code = arg_name(fcinfo, 4, "code", NULL, AR_MAX_NAME_LEN);
+	message = arg_optional_text(fcinfo, 5, "message");
+	if (!PG_ARGISNULL(6))
+	{
+		retry_after = interval_usec(PG_GETARG_INTERVAL_P(6));
+		if (retry_after < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("retry_after must not be negative")));
+	}
+	tenant = arg_tenant(fcinfo, 7);
+
+	SPI_connect();
+	if (!operation_load(tenant, key, true, &op))
+		report_unknown_key(tenant, key);
+	check_fencing(&op, lease_token);
+	if (op.state == OP_VERIFY)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_INVALID_STATE),
+				 errmsg("cannot fail operation \"%s\" while it awaits verification", key),
+				 errhint("Call resolve() with what the target system says, or release() to give the verification lease back.")));
+	apply_failure(&op, failure, phase, code, message, retry_after, 0, now, &d);
+	operation_store(&op, now);
+
+	MemoryContextSwitchTo(caller);
+	result = decision_datum(fcinfo, &d);
+	SPI_finish();
+	PG_RETURN_DATUM(result);
+}
+
+/*
+ * A verification found the action never happened: like a transient failure
+ * before execution, but due at once (the verification took its time) and
+ * still bounded by max_attempts, the deadline and the tier rules.
+ */
+static void
+resolve_not_executed(Operation *op, TimestampTz now)
+{
+	Decision	d;
+
+	apply_failure(op, FC_TRANSIENT, PHASE_PRE, "verified_not_executed", NULL,
+				  USEC_NONE, PG_INT64_MAX, now, &d);
+	operation_store(op, now);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_resolve);
+
+/*
+ * resolve(key text, lease_token bigint, executed boolean, result jsonb
+ *		   DEFAULT NULL, tenant text DEFAULT NULL) returns operation_state
+ *
+ * Ends a verification.  executed = true stores the receipt and the
+ * operation succeeds; false makes it due for retry (or dead when no retry
+ * is allowed).  Returns the new state.  Raises AR004 unless the operation
+ * awaits verification, AR002 unless lease_token is its newest.
+ */
+Datum
+agentretry_resolve(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0);
+	int64		lease_token = arg_lease_token(fcinfo, 1);
+	bool		executed;
+	Jsonb	   *result;
+	char	   *tenant;
+	TimestampTz now = GetCurrentTimestamp();
+	Operation	op;
+	OpState		state;
+
+	check_not_null(fcinfo, 2, "executed");
+	executed = PG_GETARG_BOOL(2);
+	result = arg_payload(fcinfo, 3, "result", false);
+	tenant = arg_tenant(fcinfo, 4);
+
+	SPI_connect();
+	if (!operation_load(tenant, key, true, &op))
+		report_unknown_key(tenant, key);
+	if (op.state != OP_VERIFY)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_INVALID_STATE),
+				 errmsg("cannot resolve operation \"%s\" because it is %s",
+						key, op_state_labels[op.state]),
+				 errhint("Only an operation awaiting verification can be resolved.")));
+	check_fencing(&op, lease_token);
+
+	if (executed)
+	{
+		if (!operation_complete(&op, lease_token, result, "verified_executed",
+								NULL, NULL, now))
+			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
+		record_simple_event("resolve", &op, "verified_executed", now);
+	}
+	else
+		resolve_not_executed(&op, now);
+	state = op.state;
+	SPI_finish();
+
+	PG_RETURN_DATUM(label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
+									 op_state_labels[state]));
+}
+
+PG_FUNCTION_INFO_V1(agentretry_lookup);
+
+/*
+ * lookup(key text, tenant text DEFAULT NULL) returns operations
+ *
+ * One operation row.  Raises AR003 when the key does not exist.
+ */
+Datum
+agentretry_lookup(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0);
+	char	   *tenant = arg_tenant(fcinfo, 1);
+	bool		found;
+	Datum		row;
+
+	SPI_connect();
+	row = operation_row(tenant, key, &found);
+	if (!found)
+		report_unknown_key(tenant, key);
+	SPI_finish();
+	PG_RETURN_DATUM(row);
+}
