@@ -38,3 +38,12 @@ build/regress build/isolation:
 	mkdir -p $@
 
 EXTRA_CLEAN = build
+
+# the two halves of installcheck, for test/run.sh to count separately
+installcheck-regress: | build/regress
+	$(pg_regress_installcheck) $(REGRESS_OPTS) $(REGRESS)
+
+installcheck-isolation: | build/isolation
+	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
+
+.PHONY: installcheck-regress installcheck-isolation

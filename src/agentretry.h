@@ -243,7 +243,7 @@ extern bool operation_complete(Operation *op, int64 lease_token,
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,
-								   const char *reason, TimestampTz now);
+								   const char *reason);
 extern void apply_failure(Operation *op, FailureClass failure,
 						  FailurePhase phase, const char *code,
 						  const char *message, int64 retry_after,

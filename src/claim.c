@@ -47,6 +47,8 @@ typedef struct ClaimRequest
 {
 	bytea	   *op_hash;
 	const char *tool;
+	const char *run_id;
+	const char *step;
 	const char *owner;
 	int64		lease;			/* USEC_NONE: the policy's */
 	TimestampTz now;
@@ -212,7 +214,7 @@ start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
 	if (op->deadline != TS_NONE && req->now > op->deadline)
 	{
-		operation_set_terminal(op, OP_DEAD, "deadline_exceeded", req->now);
+		operation_set_terminal(op, OP_DEAD, "deadline_exceeded");
 		operation_store(op, req->now);
 		record_simple_event("dead", op, op->reason, req->now);
 		answer_terminal(a, op);
@@ -293,6 +295,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 {
 	char	   *key = arg_key(fcinfo, 0);
 	Jsonb	   *args = arg_payload(fcinfo, 1, "args", true);
+	char	   *tenant;
 	ClaimRequest req;
 	Operation	op;
 	ClaimAnswer answer;
@@ -302,10 +305,9 @@ agentretry_claim(PG_FUNCTION_ARGS)
 
 	memset(&op, 0, sizeof(op));
 	req.tool = arg_name(fcinfo, 2, "tool", AR_DEFAULT_TOOL, AR_MAX_NAME_LEN);
-	op.tenant = arg_tenant(fcinfo, 3);
-	op.key = key;
-	op.run_id = arg_name(fcinfo, 4, "run_id", NULL, AR_MAX_KEY_LEN);
-	op.step = arg_name(fcinfo, 5, "step", NULL, AR_MAX_KEY_LEN);
+	tenant = arg_tenant(fcinfo, 3);
+	req.run_id = arg_name(fcinfo, 4, "run_id", NULL, AR_MAX_KEY_LEN);
+	req.step = arg_name(fcinfo, 5, "step", NULL, AR_MAX_KEY_LEN);
 	req.lease = arg_lease_usec(fcinfo, 6, "lease");
 	req.owner = arg_name(fcinfo, 7, "owner",
 						 GetUserNameFromId(GetOuterUserId(), false),
@@ -322,19 +324,24 @@ agentretry_claim(PG_FUNCTION_ARGS)
 					 errmsg("could not claim operation \"%s\" while it was being purged", key),
 					 errhint("Retry the claim.")));
 
-		if (operation_load(op.tenant, key, false, &op))
+		if (operation_load(tenant, key, false, &op))
 		{
 			check_fingerprint(&op, &req);
 			if (answer_without_transition(&op, req.now, &answer))
 				break;
-			if (!operation_load(op.tenant, key, true, &op))
+			if (!operation_load(tenant, key, true, &op))
 				continue;		/* purged meanwhile: insert anew */
 			transition(&op, &req, &answer);
 			break;
 		}
 
+		/* a row read in an earlier round may have filled op: reset it */
+		op.tenant = tenant;
+		op.key = key;
 		op.op_hash = req.op_hash;
 		op.tool = (char *) req.tool;
+		op.run_id = (char *) req.run_id;
+		op.step = (char *) req.step;
 		op.lease_owner = (char *) req.owner;
 		if (operation_insert(&op, args, req.lease, req.now))
 		{

@@ -479,8 +479,7 @@ op_state_terminal(OpState s)
 }
 
 void
-operation_set_terminal(Operation *op, OpState state, const char *reason,
-					   TimestampTz now)
+operation_set_terminal(Operation *op, OpState state, const char *reason)
 {
 	op->state = state;
 	op->reason = (char *) reason;
@@ -537,7 +536,7 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 			op->next_attempt_at = TS_NONE;
 			break;
 		case ACT_DEAD:
-			operation_set_terminal(op, OP_DEAD, d->reason, now);
+			operation_set_terminal(op, OP_DEAD, d->reason);
 			break;
 	}
 

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# The whole agentretry test suite on a private cluster:
+#   pg_regress (sql/, expected/), isolation (test/isolation/),
+#   pgTAP (test/pgtap/, run with pg_prove).
+# Installs what it needs on a fresh Debian 12 machine.  The last line is
+# "N passed, N failed"; the exit status is non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+source test/setup.sh || { echo "setup failed"; echo "0 passed, 1 failed"; exit 1; }
+set +e
+source test/cluster.sh
+cluster_start || { echo "could not start the test cluster"; echo "0 passed, 1 failed"; exit 1; }
+trap cluster_stop EXIT
+
+LOG=$ROOT/build/test-logs
+rm -rf "$LOG" && mkdir -p "$LOG"
+passed=0
+failed=0
+
+# pg_regress prints "All N tests passed." or "M of N tests failed."
+count_regress() {
+	local out=$1 line n m
+	line=$(grep -E "tests? (passed|failed)" "$out" | tail -1)
+	if [[ $line =~ All\ ([0-9]+)\ tests?\ passed ]]; then
+		n=${BASH_REMATCH[1]}; passed=$((passed + n))
+	elif [[ $line =~ ([0-9]+)\ of\ ([0-9]+)\ tests?\ failed ]]; then
+		m=${BASH_REMATCH[1]}; n=${BASH_REMATCH[2]}
+		failed=$((failed + m)); passed=$((passed + n - m))
+	else
+		failed=$((failed + 1))
+	fi
+}
+
+echo "== pg_regress"
+make -s installcheck-regress >"$LOG/regress.out" 2>&1
+cat "$LOG/regress.out"
+count_regress "$LOG/regress.out"
+[ -f build/regress/regression.diffs ] && cat build/regress/regression.diffs
+
+echo "== isolation"
+make -s installcheck-isolation >"$LOG/isolation.out" 2>&1
+cat "$LOG/isolation.out"
+count_regress "$LOG/isolation.out"
+[ -f build/isolation/regression.diffs ] && cat build/isolation/regression.diffs
+
+echo "== pgTAP"
+psql -X -q -c "DROP DATABASE IF EXISTS agentretry_tap" -c "CREATE DATABASE agentretry_tap" postgres
+psql -X -q -d agentretry_tap -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION agentretry"
+pg_prove -d agentretry_tap test/pgtap/*.sql >"$LOG/pgtap.out" 2>&1
+tap_rc=$?
+cat "$LOG/pgtap.out"
+tap_total=$(sed -n 's/.*Tests=\([0-9]*\).*/\1/p' "$LOG/pgtap.out" | tail -1)
+tap_failed=$(grep -oE "Failed [0-9]+/[0-9]+ subtests" "$LOG/pgtap.out" | awk '{split($2, a, "/"); s += a[1]} END {print s + 0}')
+tap_total=${tap_total:-0}
+if [ "$tap_rc" -ne 0 ] && [ "$tap_failed" -eq 0 ]; then
+	tap_failed=1	# a file died or planned wrong without a failing subtest
+fi
+passed=$((passed + tap_total - tap_failed))
+failed=$((failed + tap_failed))
+
+echo
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
