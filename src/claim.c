@@ -331,6 +331,8 @@ agentretry_claim(PG_FUNCTION_ARGS)
 				break;
 			if (!operation_load(tenant, key, true, &op))
 				continue;		/* purged meanwhile: insert anew */
+			/* the lock may have been waited for: judge due times from now */
+			req.now = GetCurrentTimestamp();
 			transition(&op, &req, &answer);
 			break;
 		}

@@ -23,9 +23,10 @@
 /*
  * Lock the operation and check that lease_token is a lease the caller still
  * holds: the newest token, not terminal, and a lease outstanding (a lease
- * decided as failed by a takeover leaves none).
+ * decided as failed by a takeover leaves none).  Returns the time to judge
+ * the call by.
  */
-static void
+static TimestampTz
 load_held_lease(const char *tenant, const char *key, int64 lease_token,
 				Operation *op)
 {
@@ -38,6 +39,8 @@ load_held_lease(const char *tenant, const char *key, int64 lease_token,
 				 errmsg("lease on operation \"%s\" was lost", key),
 				 errdetail("The lease expired and the operation is now %s.",
 						   op_state_labels[op->state])));
+	/* read the clock after any wait for the row lock */
+	return GetCurrentTimestamp();
 }
 
 PG_FUNCTION_INFO_V1(agentretry_heartbeat);
@@ -56,11 +59,11 @@ agentretry_heartbeat(PG_FUNCTION_ARGS)
 	int64		lease_token = arg_lease_token(fcinfo, 1);
 	int64		extend = arg_lease_usec(fcinfo, 2, "extend");
 	char	   *tenant = arg_tenant(fcinfo, 3);
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 	Operation	op;
 
 	SPI_connect();
-	load_held_lease(tenant, key, lease_token, &op);
+	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = ts_add_usec(now, extend != USEC_NONE ? extend : op.policy.lease);
 	operation_store(&op, now);
 	SPI_finish();
@@ -82,11 +85,11 @@ agentretry_release(PG_FUNCTION_ARGS)
 	char	   *key = arg_key(fcinfo, 0);
 	int64		lease_token = arg_lease_token(fcinfo, 1);
 	char	   *tenant = arg_tenant(fcinfo, 2);
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 	Operation	op;
 
 	SPI_connect();
-	load_held_lease(tenant, key, lease_token, &op);
+	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = TS_NONE;
 	if (op.state == OP_IN_PROGRESS)
 	{

@@ -122,7 +122,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	char	   *message;
 	int64		retry_after = USEC_NONE;
 	char	   *tenant;
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 	Operation	op;
 	Decision	d;
 	MemoryContext caller = CurrentMemoryContext;
@@ -147,6 +147,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	SPI_connect();
 	if (!operation_load(tenant, key, true, &op))
 		report_unknown_key(tenant, key);
+	now = GetCurrentTimestamp();	/* after any wait for the row lock */
 	check_fencing(&op, lease_token);
 	if (op.state == OP_VERIFY)
 		ereport(ERROR,
@@ -196,7 +197,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	bool		executed;
 	Jsonb	   *result;
 	char	   *tenant;
-	TimestampTz now = GetCurrentTimestamp();
+	TimestampTz now;
 	Operation	op;
 	OpState		state;
 
@@ -208,6 +209,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	SPI_connect();
 	if (!operation_load(tenant, key, true, &op))
 		report_unknown_key(tenant, key);
+	now = GetCurrentTimestamp();	/* after any wait for the row lock */
 	if (op.state != OP_VERIFY)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_INVALID_STATE),
