@@ -358,7 +358,11 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	}
 
 	if (answer.outcome == OUT_REPLAY && ar_trace_all)
+	{
+		/* the event names who was answered, not who completed the key */
+		op.lease_owner = (char *) req.owner;
 		record_simple_event("replay", &op, NULL, req.now);
+	}
 
 	/* form the row while SPI's memory (result, reason) is still alive */
 	{
