@@ -99,7 +99,7 @@ CREATE TABLE agentretry.tools (
 	deadline interval CHECK (deadline > interval '0'),
 	lease interval CHECK (lease BETWEEN interval '1 second' AND interval '1 day'),
 	ttl interval CHECK (ttl > interval '0'),
-	compensate_tool text,
+	compensate_tool text CHECK (octet_length(compensate_tool) BETWEEN 1 AND 128),
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	updated_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	CHECK (octet_length(name) BETWEEN 1 AND 128)
@@ -376,6 +376,10 @@ BEGIN
 	END IF;
 	IF ttl IS NOT NULL AND ttl <= interval '0' THEN
 		RAISE EXCEPTION 'ttl must be positive'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF compensate_tool IS NOT NULL AND octet_length(compensate_tool) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'compensate_tool must be 1 to 128 bytes long'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 

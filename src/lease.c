@@ -37,7 +37,7 @@ load_held_lease(const char *tenant, const char *key, int64 lease_token,
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_LEASE_LOST),
 				 errmsg("lease on operation \"%s\" was lost", key),
-				 errdetail("The lease expired and the operation is now %s.",
+				 errdetail("No lease is outstanding; the operation is %s.",
 						   op_state_labels[op->state])));
 	/* read the clock after any wait for the row lock */
 	return GetCurrentTimestamp();

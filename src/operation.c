@@ -568,7 +568,13 @@ report_unknown_key(const char *tenant, const char *key)
 void
 check_fencing(const Operation *op, int64 lease_token)
 {
-	if (lease_token != op->lease_token)
+	if (lease_token > op->lease_token)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_LEASE_LOST),
+				 errmsg("lease on operation \"%s\" was lost", op->key),
+				 errdetail("Lease token " INT64_FORMAT " was never issued; the newest is " INT64_FORMAT ".",
+						   lease_token, op->lease_token)));
+	if (lease_token < op->lease_token)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_LEASE_LOST),
 				 errmsg("lease on operation \"%s\" was lost", op->key),

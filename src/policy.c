@@ -140,6 +140,9 @@ agentretry_tier_defaults(PG_FUNCTION_ARGS)
 		values[4] = Float8GetDatum(DEFAULT_MULTIPLIER);
 		values[5] = label_enum_datum(TupleDescAttr(desc, 5)->atttypid, jitter_labels[t->jitter]);
 		values[6] = CStringGetTextDatum(t->auto_retry);
+		/* a destructive tool is never retried: its backoff does not apply */
+		if (i == SE_DESTRUCTIVE)
+			nulls[2] = nulls[3] = nulls[4] = nulls[5] = true;
 		tuplestore_putvalues(rsinfo->setResult, desc, values, nulls);
 	}
 	return (Datum) 0;

@@ -96,7 +96,7 @@ arg_optional_text(FunctionCallInfo fcinfo, int argno, const char *what)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s exceeds agentretry.max_payload", what),
-				 errdetail("The %s is %d bytes; the limit is %d bytes.",
+				 errdetail("The %s value is %d bytes; the limit is %d bytes.",
 						   what, (int) VARSIZE_ANY_EXHDR(t), ar_max_payload)));
 	return text_to_cstring(t);
 }
@@ -145,7 +145,7 @@ arg_payload(FunctionCallInfo fcinfo, int argno, const char *what,
 		ereport(ERROR,
 				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
 				 errmsg("%s exceeds agentretry.max_payload", what),
-				 errdetail("The %s is %u bytes; the limit is %d bytes.",
+				 errdetail("The %s value is %u bytes; the limit is %d bytes.",
 						   what, (unsigned) VARSIZE(j), ar_max_payload),
 				 errhint("Store large payloads elsewhere and pass a reference.")));
 	return j;
