@@ -109,6 +109,11 @@ COMMENT ON TABLE agentretry.tools IS
 
 -- ---------------------------------------------------------------------------
 -- idempotency core
+--
+-- The C functions are SECURITY DEFINER without a SET clause: they pin
+-- search_path to pg_catalog themselves for every query they run (see
+-- ar_spi_begin in src/operation.c), which protects them the same way at a
+-- fraction of the cost.  The PL/pgSQL functions use SET search_path.
 -- ---------------------------------------------------------------------------
 CREATE TABLE agentretry.operations (
 	tenant text NOT NULL,
@@ -202,8 +207,7 @@ CREATE FUNCTION agentretry.claim(
 	owner text DEFAULT NULL)
 RETURNS agentretry.claim_result
 AS 'MODULE_PATHNAME', 'agentretry_claim'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.claim(text, jsonb, text, text, text, text, interval, text) IS
 	'lease an operation by idempotency key, or say why not: execute, replay, busy, wait, verify, dead, cancelled';
 
@@ -216,8 +220,7 @@ CREATE FUNCTION agentretry.complete(
 	compensate_args jsonb DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_complete'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb) IS
 	'record success and its receipt; raises AR002 unless lease_token is the newest and the operation is not terminal';
 
@@ -232,8 +235,7 @@ CREATE FUNCTION agentretry.fail(
 	tenant text DEFAULT NULL)
 RETURNS agentretry.decision
 AS 'MODULE_PATHNAME', 'agentretry_fail'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.fail(text, bigint, agentretry.failure_class, agentretry.failure_phase, text, text, interval, text) IS
 	'record a failed attempt and decide: retry (when), verify, or dead';
 
@@ -245,8 +247,7 @@ CREATE FUNCTION agentretry.resolve(
 	tenant text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_resolve'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.resolve(text, bigint, boolean, jsonb, text) IS
 	'end a verification: executed stores the receipt; not executed makes the operation due for retry';
 
@@ -257,8 +258,7 @@ CREATE FUNCTION agentretry.heartbeat(
 	tenant text DEFAULT NULL)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'agentretry_heartbeat'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.heartbeat(text, bigint, interval, text) IS
 	'extend a held lease to now + extend (default: the tool''s lease) and return the new expiry';
 
@@ -268,16 +268,14 @@ CREATE FUNCTION agentretry.release(
 	tenant text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_release'
-LANGUAGE C VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.release(text, bigint, text) IS
 	'give a lease back before acting; the attempt does not count and the operation is due at once';
 
 CREATE FUNCTION agentretry.lookup(key text, tenant text DEFAULT NULL)
 RETURNS agentretry.operations
 AS 'MODULE_PATHNAME', 'agentretry_lookup'
-LANGUAGE C STABLE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C STABLE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.lookup(text, text) IS
 	'read one operation; raises AR003 when the key does not exist';
 

@@ -48,15 +48,43 @@ FROM pg_class c
 WHERE c.relnamespace = 'agentretry'::regnamespace AND c.relkind = 'r'
 ORDER BY c.relname;
 
--- every SECURITY DEFINER function pins search_path
-SELECT p.proname, p.proconfig
-FROM pg_proc p
+-- SECURITY DEFINER functions never depend on the caller's search_path: the
+-- C functions pin it themselves, the PL/pgSQL ones with SET
+SELECT p.proname, l.lanname, p.proconfig
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = 'agentretry'::regnamespace AND p.prosecdef
 ORDER BY p.proname;
-SELECT count(*) AS definer_without_search_path
-FROM pg_proc p
-WHERE p.pronamespace = 'agentretry'::regnamespace AND p.prosecdef
+SELECT count(*) AS plpgsql_definer_without_search_path
+FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = 'agentretry'::regnamespace AND p.prosecdef AND l.lanname <> 'c'
 	AND NOT coalesce(p.proconfig @> ARRAY['search_path=pg_catalog, pg_temp'], false);
+
+-- a caller's search_path cannot hijack the C functions: a shadowing table
+-- and an "=" operator for text that would raise if it were ever used
+CREATE SCHEMA regress_ar_evil;
+CREATE FUNCTION regress_ar_evil.texteq(text, text) RETURNS boolean
+	LANGUAGE plpgsql AS $$BEGIN RAISE EXCEPTION 'hijacked'; END$$;
+CREATE OPERATOR regress_ar_evil.= (LEFTARG = text, RIGHTARG = text,
+	FUNCTION = regress_ar_evil.texteq);
+CREATE TABLE regress_ar_evil.operations (LIKE agentretry.operations);
+CREATE TABLE regress_ar_evil.tools (LIKE agentretry.tools);
+SET search_path = regress_ar_evil, pg_catalog;
+SELECT 'a'::text = 'b'::text AS "hostile operator is active";
+SELECT outcome, attempt, lease_token FROM agentretry.claim('sec-evil', '{}');
+SELECT action, reason FROM agentretry.fail('sec-evil', 1, 'transient', 'pre_execution');
+RESET search_path;
+UPDATE agentretry.operations SET next_attempt_at = clock_timestamp() - interval '1 second'
+	WHERE key = 'sec-evil';
+SET search_path = regress_ar_evil, pg_catalog;
+SELECT outcome, attempt, lease_token FROM agentretry.claim('sec-evil', '{}');
+SELECT agentretry.complete('sec-evil', 2, '{"ok": true}');
+SELECT outcome, result FROM agentretry.claim('sec-evil', '{}');
+SELECT (agentretry.lookup('sec-evil')).state;
+RESET search_path;
+SELECT count(*) AS shadow_rows FROM regress_ar_evil.operations;
+DROP SCHEMA regress_ar_evil CASCADE;
+DELETE FROM agentretry.events WHERE key = 'sec-evil';
+DELETE FROM agentretry.operations WHERE key = 'sec-evil';
 
 --
 -- a role with no agentretry role: nothing at all

@@ -228,11 +228,13 @@ typedef struct Operation
 	bool		has_result;
 	char	   *run_id;
 	char	   *step;
-	Policy		policy;			/* filled by operation_load(..., true) */
+	Policy		policy;			/* filled by operation_load() */
 } Operation;
 
-extern bool operation_load(const char *tenant, const char *key, bool lock,
-						   Operation *op);
+extern void ar_spi_begin(void);
+extern void ar_spi_end(void);
+extern bool operation_load(const char *tenant, const char *key, Operation *op);
+extern bool operation_peek(const char *tenant, const char *key, Operation *op);
 extern bool operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 							 TimestampTz now);
 extern void operation_store(const Operation *op, TimestampTz now);

@@ -315,7 +315,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	req.op_hash = compute_op_hash(args, NULL);
 	req.now = GetCurrentTimestamp();
 
-	SPI_connect();
+	ar_spi_begin();
 	for (tries = 0;; tries++)
 	{
 		if (tries >= CLAIM_MAX_TRIES)
@@ -324,12 +324,12 @@ agentretry_claim(PG_FUNCTION_ARGS)
 					 errmsg("could not claim operation \"%s\" while it was being purged", key),
 					 errhint("Retry the claim.")));
 
-		if (operation_load(tenant, key, false, &op))
+		if (operation_peek(tenant, key, &op))
 		{
 			check_fingerprint(&op, &req);
 			if (answer_without_transition(&op, req.now, &answer))
 				break;
-			if (!operation_load(tenant, key, true, &op))
+			if (!operation_load(tenant, key, &op))
 				continue;		/* purged meanwhile: insert anew */
 			/* the lock may have been waited for: judge due times from now */
 			req.now = GetCurrentTimestamp();
@@ -371,6 +371,6 @@ agentretry_claim(PG_FUNCTION_ARGS)
 		result = answer_datum(fcinfo, &answer);
 		MemoryContextSwitchTo(spi);
 	}
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_DATUM(result);
 }

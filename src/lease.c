@@ -30,7 +30,7 @@ static TimestampTz
 load_held_lease(const char *tenant, const char *key, int64 lease_token,
 				Operation *op)
 {
-	if (!operation_load(tenant, key, true, op))
+	if (!operation_load(tenant, key, op))
 		report_unknown_key(tenant, key);
 	check_fencing(op, lease_token);
 	if (op->lease_expires_at == TS_NONE)
@@ -62,11 +62,11 @@ agentretry_heartbeat(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	Operation	op;
 
-	SPI_connect();
+	ar_spi_begin();
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = ts_add_usec(now, extend != USEC_NONE ? extend : op.policy.lease);
 	operation_store(&op, now);
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_TIMESTAMPTZ(op.lease_expires_at);
 }
 
@@ -88,7 +88,7 @@ agentretry_release(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	Operation	op;
 
-	SPI_connect();
+	ar_spi_begin();
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = TS_NONE;
 	if (op.state == OP_IN_PROGRESS)
@@ -101,6 +101,6 @@ agentretry_release(PG_FUNCTION_ARGS)
 	operation_store(&op, now);
 	if (ar_trace_all)
 		record_simple_event("release", &op, "released", now);
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_VOID();
 }

@@ -21,10 +21,23 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/relcache.h"
+#include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/timestamp.h"
@@ -47,7 +60,6 @@
 
 enum
 {
-	PLAN_LOAD,
 	PLAN_LOAD_LOCK,
 	PLAN_INSERT,
 	PLAN_STORE,
@@ -64,11 +76,6 @@ typedef struct PlanDef
 } PlanDef;
 
 static const PlanDef plan_defs[NUM_PLANS] = {
-	[PLAN_LOAD] = {
-		"SELECT " OP_COLUMNS " FROM agentretry.operations o"
-		" WHERE o.tenant = $1 AND o.key = $2",
-		2, {TEXTOID, TEXTOID}
-	},
 	[PLAN_LOAD_LOCK] = {
 		"SELECT " OP_COLUMNS ", " POLICY_COLUMNS
 		" FROM agentretry.operations o"
@@ -126,6 +133,49 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 };
 
 static SPIPlanPtr plans[NUM_PLANS];
+
+#if PG_VERSION_NUM >= 170000
+static int	guc_nest_level;
+#endif
+
+/*
+ * Connect to SPI with search_path pinned to pg_catalog alone (no temp
+ * schema), so that nothing a caller puts on its search_path (a table, a
+ * function, an operator) can be picked up by the queries run here.  This
+ * is what "SET search_path" on a SECURITY DEFINER function achieves, at a
+ * fraction of its cost: the override stack is a list push, where a SET
+ * clause parses and assigns a GUC on every call (about a sixth of a
+ * replay's time).  The cached plans are made under the same path, so they
+ * are never re-planned for a caller's search_path.  Transaction and
+ * subtransaction abort unwind the override.
+ */
+void
+ar_spi_begin(void)
+{
+#if PG_VERSION_NUM < 170000
+	OverrideSearchPath path = {NIL, true, false, 0};
+#endif
+
+	SPI_connect();
+#if PG_VERSION_NUM < 170000
+	PushOverrideSearchPath(&path);
+#else
+	guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+#endif
+}
+
+void
+ar_spi_end(void)
+{
+#if PG_VERSION_NUM < 170000
+	PopOverrideSearchPath();
+#else
+	AtEOXact_GUC(true, guc_nest_level);
+#endif
+	SPI_finish();
+}
 
 static SPIPlanPtr
 get_plan(int which)
@@ -222,29 +272,173 @@ fill_operation(Operation *op, HeapTuple tup, TupleDesc desc)
 }
 
 /*
- * Read the operation (tenant, key) into op.  With lock, the row is locked
- * FOR UPDATE (waiting for a concurrent holder) and op->policy is filled;
- * without, the read takes no lock and op->policy is left untouched.
- * Returns false when the key does not exist.
+ * Read the operation (tenant, key) into op with its row locked FOR UPDATE
+ * (waiting for a concurrent holder), and its tool's policy into
+ * op->policy.  Returns false when the key does not exist.
  */
 bool
-operation_load(const char *tenant, const char *key, bool lock, Operation *op)
+operation_load(const char *tenant, const char *key, Operation *op)
 {
 	Datum		values[2];
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(key);
-	run_plan(lock ? PLAN_LOAD_LOCK : PLAN_LOAD, values, NULL, false);
+	run_plan(PLAN_LOAD_LOCK, values, NULL, false);
 	if (SPI_processed == 0)
 		return false;
 
 	op->tenant = pstrdup(tenant);
 	op->key = pstrdup(key);
 	fill_operation(op, SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
-	if (lock)
-		policy_from_columns(&op->policy, SPI_tuptable->vals[0],
-							SPI_tuptable->tupdesc, OP_NCOLUMNS + 1);
+	policy_from_columns(&op->policy, SPI_tuptable->vals[0],
+						SPI_tuptable->tupdesc, OP_NCOLUMNS + 1);
 	return true;
+}
+
+/*
+ * Columns operation_peek() reads, by name; their attribute numbers are
+ * looked up once per relation OID (columns are only ever appended by
+ * upgrades, so a number never changes meaning).
+ */
+static const char *const peek_columns[] = {
+	"state", "op_hash", "tool", "attempts", "lease_token", "lease_owner",
+	"lease_expires_at", "next_attempt_at", "first_attempt_at",
+	"last_attempt_at", "deadline", "last_failure_class",
+	"last_failure_phase", "last_failure_code", "last_failure_message",
+	"last_delay", "reason", "result", "run_id", "step"
+};
+#define PEEK_NCOLUMNS lengthof(peek_columns)
+
+static Oid	peek_relid = InvalidOid;
+static AttrNumber peek_attnums[PEEK_NCOLUMNS];
+
+static void
+resolve_peek_attnums(Relation rel)
+{
+	TupleDesc	desc = RelationGetDescr(rel);
+	int			i,
+				j;
+
+	for (i = 0; i < (int) PEEK_NCOLUMNS; i++)
+	{
+		peek_attnums[i] = InvalidAttrNumber;
+		for (j = 0; j < desc->natts; j++)
+		{
+			Form_pg_attribute att = TupleDescAttr(desc, j);
+
+			if (!att->attisdropped &&
+				strcmp(NameStr(att->attname), peek_columns[i]) == 0)
+				peek_attnums[i] = att->attnum;
+		}
+		if (peek_attnums[i] == InvalidAttrNumber)
+			elog(ERROR, "agentretry: column \"%s\" of agentretry.operations is missing",
+				 peek_columns[i]);
+	}
+	peek_relid = RelationGetRelid(rel);
+}
+
+static int
+enum_oid_index(const char *const *labels, Oid enumoid)
+{
+	HeapTuple	tup = SearchSysCache1(ENUMOID, ObjectIdGetDatum(enumoid));
+	int			result;
+
+	if (!HeapTupleIsValid(tup))
+		elog(ERROR, "agentretry: cache lookup failed for enum value %u", enumoid);
+	result = label_index(labels, NameStr(((Form_pg_enum) GETSTRUCT(tup))->enumlabel));
+	ReleaseSysCache(tup);
+	return result;
+}
+
+static void
+fill_peeked(Operation *op, Datum *v, bool *n)
+{
+	op->state = (OpState) enum_oid_index(op_state_labels, DatumGetObjectId(v[0]));
+	op->op_hash = DatumGetByteaPP(v[1]);
+	op->tool = TextDatumGetCString(v[2]);
+	op->attempts = DatumGetInt32(v[3]);
+	op->lease_token = DatumGetInt64(v[4]);
+	op->lease_owner = n[5] ? NULL : TextDatumGetCString(v[5]);
+	op->lease_expires_at = n[6] ? TS_NONE : DatumGetTimestampTz(v[6]);
+	op->next_attempt_at = n[7] ? TS_NONE : DatumGetTimestampTz(v[7]);
+	op->first_attempt_at = n[8] ? TS_NONE : DatumGetTimestampTz(v[8]);
+	op->last_attempt_at = n[9] ? TS_NONE : DatumGetTimestampTz(v[9]);
+	op->deadline = n[10] ? TS_NONE : DatumGetTimestampTz(v[10]);
+	op->failure_class = n[11] ? -1 :
+		enum_oid_index(failure_class_labels, DatumGetObjectId(v[11]));
+	op->failure_phase = n[12] ? -1 :
+		enum_oid_index(failure_phase_labels, DatumGetObjectId(v[12]));
+	op->failure_code = n[13] ? NULL : TextDatumGetCString(v[13]);
+	op->failure_message = n[14] ? NULL : TextDatumGetCString(v[14]);
+	op->last_delay = n[15] ? USEC_NONE : interval_usec(DatumGetIntervalP(v[15]));
+	op->reason = n[16] ? NULL : TextDatumGetCString(v[16]);
+	op->result = v[17];
+	op->has_result = !n[17];
+	op->run_id = n[18] ? NULL : TextDatumGetCString(v[18]);
+	op->step = n[19] ? NULL : TextDatumGetCString(v[19]);
+}
+
+/*
+ * Read the operation (tenant, key) into op without locking it, straight
+ * from the primary key index: no executor, no plan, which is most of the
+ * cost of a replay.  The snapshot is taken as a statement of the caller's
+ * transaction would take it (a fresh one under READ COMMITTED, after the
+ * caller's own earlier writes), so it sees what an SPI SELECT would.
+ * op->policy is not filled.  Returns false when the key does not exist.
+ */
+bool
+operation_peek(const char *tenant, const char *key, Operation *op)
+{
+	Oid			nsp = get_namespace_oid("agentretry", false);
+	Oid			relid = get_relname_relid("operations", nsp);
+	Relation	rel;
+	Relation	idx;
+	SysScanDesc scan;
+	ScanKeyData skey[2];
+	HeapTuple	tup;
+	bool		found = false;
+
+	if (!OidIsValid(relid))
+		elog(ERROR, "agentretry: table agentretry.operations is missing");
+	rel = table_open(relid, AccessShareLock);
+	if (RelationGetRelid(rel) != peek_relid)
+		resolve_peek_attnums(rel);
+	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
+
+	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[0], F_TEXTEQ,
+						   CStringGetTextDatum(tenant));
+	ScanKeyEntryInitialize(&skey[1], 0, 2, BTEqualStrategyNumber, InvalidOid,
+						   idx->rd_indcollation[1], F_TEXTEQ,
+						   CStringGetTextDatum(key));
+
+	CommandCounterIncrement();
+	scan = systable_beginscan(rel, RelationGetRelid(idx), true,
+							  GetTransactionSnapshot(), 2, skey);
+	tup = systable_getnext(scan);
+	if (HeapTupleIsValid(tup))
+	{
+		Datum	   *values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
+		bool	   *nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
+		Datum		v[PEEK_NCOLUMNS];
+		bool		n[PEEK_NCOLUMNS];
+		int			i;
+
+		heap_deform_tuple(heap_copytuple(tup), RelationGetDescr(rel), values, nulls);
+		for (i = 0; i < (int) PEEK_NCOLUMNS; i++)
+		{
+			v[i] = values[peek_attnums[i] - 1];
+			n[i] = nulls[peek_attnums[i] - 1];
+		}
+		op->tenant = pstrdup(tenant);
+		op->key = pstrdup(key);
+		fill_peeked(op, v, n);
+		found = true;
+	}
+	systable_endscan(scan);
+	index_close(idx, AccessShareLock);
+	table_close(rel, NoLock);
+	return found;
 }
 
 /*

@@ -29,7 +29,7 @@ report_refused_complete(const char *tenant, const char *key, int64 lease_token)
 {
 	Operation	op;
 
-	if (!operation_load(tenant, key, false, &op))
+	if (!operation_peek(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	check_fencing(&op, lease_token);
 	/* the row changed between the UPDATE and this read */
@@ -69,13 +69,13 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
 
-	SPI_connect();
+	ar_spi_begin();
 	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
 							compensate_args, now))
 		report_refused_complete(op.tenant, op.key, lease_token);
 	if (ar_trace_all)
 		record_simple_event("complete", &op, NULL, now);
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_VOID();
 }
 
@@ -144,8 +144,8 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	}
 	tenant = arg_tenant(fcinfo, 7);
 
-	SPI_connect();
-	if (!operation_load(tenant, key, true, &op))
+	ar_spi_begin();
+	if (!operation_load(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
 	check_fencing(&op, lease_token);
@@ -159,7 +159,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 
 	MemoryContextSwitchTo(caller);
 	result = decision_datum(fcinfo, &d);
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_DATUM(result);
 }
 
@@ -206,8 +206,8 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	result = arg_payload(fcinfo, 3, "result", false);
 	tenant = arg_tenant(fcinfo, 4);
 
-	SPI_connect();
-	if (!operation_load(tenant, key, true, &op))
+	ar_spi_begin();
+	if (!operation_load(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
 	if (op.state != OP_VERIFY)
@@ -228,7 +228,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	else
 		resolve_not_executed(&op, now);
 	state = op.state;
-	SPI_finish();
+	ar_spi_end();
 
 	PG_RETURN_DATUM(label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
 									 op_state_labels[state]));
@@ -249,10 +249,10 @@ agentretry_lookup(PG_FUNCTION_ARGS)
 	bool		found;
 	Datum		row;
 
-	SPI_connect();
+	ar_spi_begin();
 	row = operation_row(tenant, key, &found);
 	if (!found)
 		report_unknown_key(tenant, key);
-	SPI_finish();
+	ar_spi_end();
 	PG_RETURN_DATUM(row);
 }
