@@ -20,6 +20,7 @@
 
 #include "datatype/timestamp.h"
 #include "executor/spi.h"
+#include "fmgr.h"
 #include "utils/jsonb.h"
 
 /* SQLSTATEs of the documented error classes */
@@ -132,6 +133,7 @@ extern Datum label_enum_datum(Oid enumtypoid, const char *label);
 extern int64 interval_usec(const Interval *iv);
 extern Interval *usec_interval(int64 usec);
 extern TimestampTz ts_add_usec(TimestampTz ts, int64 usec);
+extern TupleDesc result_tupdesc(FunctionCallInfo fcinfo);
 
 /* validate.c: argument checks shared by the SQL-callable functions */
 extern char *arg_key(FunctionCallInfo fcinfo, int argno);

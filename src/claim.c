@@ -253,9 +253,7 @@ answer_datum(FunctionCallInfo fcinfo, const ClaimAnswer *a)
 	Datum		values[7];
 	bool		nulls[7];
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "agentretry: claim must return a composite type");
-	desc = BlessTupleDesc(desc);
+	desc = result_tupdesc(fcinfo);
 	memset(nulls, false, sizeof(nulls));
 	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
 								 outcome_labels[a->outcome]);

@@ -148,9 +148,7 @@ agentretry_decide(PG_FUNCTION_ARGS)
 
 	decide_failure(&in, &out);
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "agentretry: decide must return a composite type");
-	desc = BlessTupleDesc(desc);
+	desc = result_tupdesc(fcinfo);
 	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
 								 action_labels[out.action]);
 	values[1] = TimestampTzGetDatum(out.retry_at);

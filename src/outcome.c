@@ -86,9 +86,7 @@ decision_datum(FunctionCallInfo fcinfo, const Decision *d)
 	Datum		values[4];
 	bool		nulls[4] = {false, false, false, false};
 
-	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "agentretry: fail must return a composite type");
-	desc = BlessTupleDesc(desc);
+	desc = result_tupdesc(fcinfo);
 	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
 								 action_labels[d->action]);
 	values[1] = TimestampTzGetDatum(d->retry_at);

@@ -16,6 +16,7 @@
 
 #include "common/int.h"
 #include "fmgr.h"
+#include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -111,4 +112,26 @@ ts_add_usec(TimestampTz ts, int64 usec)
 	if (pg_add_s64_overflow(ts, usec, &result) || result > END_TIMESTAMP)
 		return END_TIMESTAMP - 1;
 	return result;
+}
+
+/*
+ * The blessed tuple descriptor of a function's composite result, built
+ * once per call site (flinfo) rather than on every call.
+ */
+TupleDesc
+result_tupdesc(FunctionCallInfo fcinfo)
+{
+	TupleDesc	desc = (TupleDesc) fcinfo->flinfo->fn_extra;
+
+	if (desc == NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+
+		if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+			elog(ERROR, "agentretry: function must return a composite type");
+		desc = BlessTupleDesc(CreateTupleDescCopy(desc));
+		MemoryContextSwitchTo(old);
+		fcinfo->flinfo->fn_extra = desc;
+	}
+	return desc;
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole agentretry test suite on a private cluster:
 #   pg_regress (sql/, expected/), isolation (test/isolation/),
-#   pgTAP (test/pgtap/, run with pg_prove).
+#   pgTAP (test/pgtap/, run with pg_prove), and the crash/fault workload
+#   (test/t/, Perl TAP with its own clusters).
 # Installs what it needs on a fresh Debian 12 machine.  The last line is
 # "N passed, N failed"; the exit status is non-zero on any failure.
 set -uo pipefail
@@ -45,20 +46,32 @@ cat "$LOG/isolation.out"
 count_regress "$LOG/isolation.out"
 [ -f build/isolation/regression.diffs ] && cat build/isolation/regression.diffs
 
+# prove-style output: "Files=N, Tests=M" and "Failed X/Y subtests"
+count_prove() {
+	local out=$1 rc=$2 total nfailed
+	total=$(sed -n 's/.*Tests=\([0-9]*\).*/\1/p' "$out" | tail -1)
+	nfailed=$(grep -oE "Failed [0-9]+/[0-9]+ subtests" "$out" | awk '{split($2, a, "/"); s += a[1]} END {print s + 0}')
+	total=${total:-0}
+	if [ "$rc" -ne 0 ] && [ "$nfailed" -eq 0 ]; then
+		nfailed=1	# a file died or planned wrong without a failing subtest
+	fi
+	passed=$((passed + total - nfailed))
+	failed=$((failed + nfailed))
+}
+
 echo "== pgTAP"
 psql -X -q -c "DROP DATABASE IF EXISTS agentretry_tap" -c "CREATE DATABASE agentretry_tap" postgres
 psql -X -q -d agentretry_tap -c "CREATE EXTENSION pgtap" -c "CREATE EXTENSION agentretry"
 pg_prove -d agentretry_tap test/pgtap/*.sql >"$LOG/pgtap.out" 2>&1
 tap_rc=$?
 cat "$LOG/pgtap.out"
-tap_total=$(sed -n 's/.*Tests=\([0-9]*\).*/\1/p' "$LOG/pgtap.out" | tail -1)
-tap_failed=$(grep -oE "Failed [0-9]+/[0-9]+ subtests" "$LOG/pgtap.out" | awk '{split($2, a, "/"); s += a[1]} END {print s + 0}')
-tap_total=${tap_total:-0}
-if [ "$tap_rc" -ne 0 ] && [ "$tap_failed" -eq 0 ]; then
-	tap_failed=1	# a file died or planned wrong without a failing subtest
-fi
-passed=$((passed + tap_total - tap_failed))
-failed=$((failed + tap_failed))
+count_prove "$LOG/pgtap.out" "$tap_rc"
+
+echo "== crash/fault (TAP)"
+test/run_tap.sh >"$LOG/tap.out" 2>&1
+crash_rc=$?
+cat "$LOG/tap.out"
+count_prove "$LOG/tap.out" "$crash_rc"
 
 echo
 echo "$passed passed, $failed failed"
