@@ -2,7 +2,8 @@
 # The whole agentretry test suite on a private cluster:
 #   pg_regress (sql/, expected/), isolation (test/isolation/),
 #   pgTAP (test/pgtap/, run with pg_prove), and the crash/fault workload
-#   (test/t/, Perl TAP with its own clusters).
+#   (test/t/, Perl TAP with its own clusters), and the demo's faulty agent
+#   workload as an end-to-end check.
 # Installs what it needs on a fresh Debian 12 machine.  The last line is
 # "N passed, N failed"; the exit status is non-zero on any failure.
 set -uo pipefail
@@ -72,6 +73,16 @@ test/run_tap.sh >"$LOG/tap.out" 2>&1
 crash_rc=$?
 cat "$LOG/tap.out"
 count_prove "$LOG/tap.out" "$crash_rc"
+
+# The demo's agent workload doubles as an end-to-end check: it exits
+# non-zero if agentretry let a duplicate side effect through or lost a task.
+echo "== demo workload (end to end)"
+if (unset PGHOST PGPORT PGUSER AR_BASE AR_PGDATA AR_PGPORT; bash examples/demo.sh) >"$LOG/demo.out" 2>&1; then
+	passed=$((passed + 1))
+else
+	failed=$((failed + 1))
+fi
+tail -40 "$LOG/demo.out"
 
 echo
 echo "$passed passed, $failed failed"
