@@ -92,18 +92,20 @@ CREATE TABLE agentretry.tools (
 	idempotency agentretry.idempotency_class NOT NULL,
 	side_effect agentretry.side_effect_class NOT NULL,
 	max_attempts integer CHECK (max_attempts >= 1),
-	base_delay interval CHECK (base_delay >= interval '0'),
-	max_delay interval CHECK (max_delay >= interval '0'),
+	base_delay interval CHECK (base_delay BETWEEN interval '0' AND interval '100 years'),
+	max_delay interval CHECK (max_delay BETWEEN interval '0' AND interval '100 years'),
 	multiplier double precision CHECK (multiplier >= 1),
 	jitter agentretry.jitter_mode,
-	deadline interval CHECK (deadline > interval '0'),
+	deadline interval CHECK (deadline > interval '0' AND deadline <= interval '100 years'),
 	lease interval CHECK (lease BETWEEN interval '1 second' AND interval '1 day'),
-	ttl interval CHECK (ttl > interval '0'),
+	ttl interval CHECK (ttl > interval '0' AND ttl <= interval '100 years'),
 	compensate_tool text CHECK (octet_length(compensate_tool) BETWEEN 1 AND 128),
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	updated_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	CHECK (octet_length(name) BETWEEN 1 AND 128)
 );
+COMMENT ON COLUMN agentretry.tools.deadline IS
+	'wall-clock budget of an operation from its first attempt (fixed on the operation at its first claim)';
 COMMENT ON TABLE agentretry.tools IS
 	'registered tools: idempotency, side-effect tier and retry policy; NULL policy fields take the tier default';
 
@@ -347,12 +349,13 @@ BEGIN
 		RAISE EXCEPTION 'max_attempts must be at least 1'
 			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('max_attempts is %s.', max_attempts);
 	END IF;
-	IF base_delay IS NOT NULL AND base_delay < interval '0' THEN
-		RAISE EXCEPTION 'base_delay must not be negative'
+	-- intervals are bounded so that now + interval can never overflow
+	IF base_delay IS NOT NULL AND base_delay NOT BETWEEN interval '0' AND interval '100 years' THEN
+		RAISE EXCEPTION 'base_delay must be between 0 and 100 years'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF max_delay IS NOT NULL AND max_delay < interval '0' THEN
-		RAISE EXCEPTION 'max_delay must not be negative'
+	IF max_delay IS NOT NULL AND max_delay NOT BETWEEN interval '0' AND interval '100 years' THEN
+		RAISE EXCEPTION 'max_delay must be between 0 and 100 years'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF base_delay IS NOT NULL AND max_delay IS NOT NULL AND max_delay < base_delay THEN
@@ -364,16 +367,16 @@ BEGIN
 		RAISE EXCEPTION 'multiplier must be a finite number of at least 1'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	IF deadline IS NOT NULL AND deadline <= interval '0' THEN
-		RAISE EXCEPTION 'deadline must be positive'
+	IF deadline IS NOT NULL AND (deadline <= interval '0' OR deadline > interval '100 years') THEN
+		RAISE EXCEPTION 'deadline must be positive and at most 100 years'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF lease IS NOT NULL AND lease NOT BETWEEN interval '1 second' AND interval '1 day' THEN
 		RAISE EXCEPTION 'lease must be between 1 second and 1 day'
 			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('lease is %s.', lease);
 	END IF;
-	IF ttl IS NOT NULL AND ttl <= interval '0' THEN
-		RAISE EXCEPTION 'ttl must be positive'
+	IF ttl IS NOT NULL AND (ttl <= interval '0' OR ttl > interval '100 years') THEN
+		RAISE EXCEPTION 'ttl must be positive and at most 100 years'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
 	IF compensate_tool IS NOT NULL AND octet_length(compensate_tool) NOT BETWEEN 1 AND 128 THEN

@@ -200,14 +200,14 @@ FROM agentretry.claim('co-exp-once', '{}', 'co_once');
 SELECT data_digest() = :'digest' AS unchanged;
 
 --
--- deadline: fixed at the first claim; a due retry past it is dead
+-- deadline: fixed at the first claim; a retry scheduled after it is dead
 --
 SELECT outcome FROM agentretry.claim('co-deadline', '{}', 'co_deadline');
 SELECT deadline - first_attempt_at = interval '1 hour' AS deadline_from_first_claim
 FROM agentretry.lookup('co-deadline');
 SELECT action, reason FROM agentretry.fail('co-deadline', 1, 'transient', 'pre_execution');
 UPDATE agentretry.operations
-SET deadline = clock_timestamp() - interval '1 second',
+SET deadline = clock_timestamp() - interval '2 seconds',
 	next_attempt_at = clock_timestamp() - interval '1 second'
 WHERE key = 'co-deadline';
 SELECT outcome, attempt, lease_token, result, reason
@@ -215,6 +215,28 @@ FROM agentretry.claim('co-deadline', '{}', 'co_deadline');
 SELECT state, attempts, reason, next_attempt_at, lease_expires_at,
 	expires_at - updated_at = interval '7 days' AS ttl_default
 FROM agentretry.lookup('co-deadline');
+
+--
+-- a retry that fail() capped at the deadline may still start when its
+-- claimant arrives after it: the deadline was judged when it was scheduled
+--
+SELECT name FROM agentretry.register_tool('co_capped', 'idempotent', 'read',
+	base_delay => '10 seconds', max_delay => '10 seconds', jitter => 'none',
+	deadline => '1 hour');
+SELECT outcome FROM agentretry.claim('co-capped', '{}', 'co_capped');
+UPDATE agentretry.operations SET deadline = clock_timestamp() + interval '5 seconds'
+WHERE key = 'co-capped';
+SELECT action, reason, retry_at = (SELECT deadline FROM agentretry.operations WHERE key = 'co-capped')
+	AS capped_at_deadline
+FROM agentretry.fail('co-capped', 1, 'transient', 'pre_execution');
+UPDATE agentretry.operations
+SET deadline = clock_timestamp() - interval '1 second', next_attempt_at = clock_timestamp() - interval '1 second'
+WHERE key = 'co-capped';
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('co-capped', '{}', 'co_capped');
+DELETE FROM agentretry.events WHERE key = 'co-capped';
+DELETE FROM agentretry.operations WHERE key = 'co-capped';
+DELETE FROM agentretry.tools WHERE name = 'co_capped';
 
 --
 -- cancelled (set directly: there is no operator call for it yet)

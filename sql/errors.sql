@@ -224,3 +224,40 @@ SELECT count(*) AS er_t_rows FROM agentretry.tools WHERE name = 'er_t';
 -- a bad re-registration leaves the registered tool as it was
 SELECT expect_error($$SELECT agentretry.register_tool('er_nonidem', 'idempotent', 'read', max_attempts => -1)$$);
 SELECT idempotency, side_effect, max_attempts FROM agentretry.tools WHERE name = 'er_nonidem';
+
+--
+-- edge cases of the pure functions and bounds (found in review)
+--
+-- interval lengths that saturate int64 still give a delay within [0, cap]
+SELECT agentretry.backoff(1, '2000000000 days', '2000000000 days', 1, 'none') >= interval '0'
+	AS huge_delay_not_negative;
+SELECT agentretry.backoff(1, '1 second', '30 seconds', 2, 'decorrelated', '2000000000 days')
+	BETWEEN interval '1 second' AND interval '30 seconds' AS huge_previous_within_bounds;
+-- base 0: zero whatever the attempt (no NaN turned into the cap)
+SELECT agentretry.backoff(2000, '0', '1 hour', 2, 'none') AS zero_base_large_attempt;
+-- a deadline of -infinity has passed; infinity never comes
+SELECT action, reason FROM agentretry.decide('transient', 'pre_execution', 'idempotent', 'read',
+	1, 6, deadline => '-infinity', now => '2026-01-01 00:00:00+00');
+SELECT action, reason FROM agentretry.decide('transient', 'pre_execution', 'idempotent', 'read',
+	1, 6, deadline => 'infinity', now => '2026-01-01 00:00:00+00');
+SELECT expect_error($$SELECT agentretry.decide('transient', 'pre_execution', 'idempotent', 'read',
+	1, 6, now => 'infinity')$$);
+-- tool intervals are bounded so now + interval cannot overflow
+SELECT expect_error($$SELECT agentretry.register_tool('err_ttl', 'idempotent', 'read', ttl => '101 years')$$);
+SELECT expect_error($$SELECT agentretry.register_tool('err_deadline', 'idempotent', 'read', deadline => '101 years')$$);
+SELECT expect_error($$SELECT agentretry.register_tool('err_base', 'idempotent', 'read', base_delay => '101 years')$$);
+SELECT (agentretry.register_tool('err_ttl_ok', 'idempotent', 'read', ttl => '100 years')).ttl;
+SELECT outcome FROM agentretry.claim('err-ttl-ok', '{}', 'err_ttl_ok');
+SELECT agentretry.complete('err-ttl-ok', 1);
+SELECT state, expires_at > clock_timestamp() + interval '99 years' AS far_expiry
+FROM agentretry.lookup('err-ttl-ok');
+-- a superseded verifier is told its lease was lost, whatever state followed
+SELECT outcome, lease_token FROM agentretry.claim('err-verifier', '{}', 'err_unknown_tool');
+SELECT action FROM agentretry.fail('err-verifier', 1, 'ambiguous');
+SELECT outcome, lease_token FROM agentretry.claim('err-verifier', '{}', 'err_unknown_tool');
+SELECT agentretry.resolve('err-verifier', 2, false);
+SELECT expect_error($$SELECT agentretry.resolve('err-verifier', 1, true)$$);
+SELECT expect_error($$SELECT agentretry.resolve('err-verifier', 2, true)$$);
+DELETE FROM agentretry.events WHERE key IN ('err-ttl-ok', 'err-verifier');
+DELETE FROM agentretry.operations WHERE key IN ('err-ttl-ok', 'err-verifier');
+DELETE FROM agentretry.tools WHERE name = 'err_ttl_ok';

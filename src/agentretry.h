@@ -253,6 +253,7 @@ extern void apply_failure(Operation *op, FailureClass failure,
 						  const char *message, int64 retry_after,
 						  int64 elapsed, TimestampTz now, Decision *d);
 extern void check_fencing(const Operation *op, int64 lease_token);
+extern void check_token(const Operation *op, int64 lease_token);
 extern void report_unknown_key(const char *tenant, const char *key);
 extern bool op_state_terminal(OpState s);
 

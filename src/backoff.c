@@ -35,8 +35,11 @@ uniform(double lo, double hi)
 static double
 exponential_term(int attempt, double base, double cap, double multiplier)
 {
-	double		e = base * pow(multiplier, (double) (attempt - 1));
+	double		e;
 
+	if (base <= 0)
+		return 0;				/* 0 * inf would be NaN */
+	e = base * pow(multiplier, (double) (attempt - 1));
 	if (isnan(e) || e > cap)
 		return cap;
 	return e;
@@ -82,6 +85,9 @@ backoff_usec(int attempt, int64 base, int64 cap, double multiplier,
 		d = c;
 	if (d < 0)
 		d = 0;
+	/* (double) PG_INT64_MAX rounds up to 2^63, which int64 cannot hold */
+	if (d >= (double) PG_INT64_MAX)
+		return PG_INT64_MAX;
 	return (int64) d;
 }
 

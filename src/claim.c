@@ -208,11 +208,18 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	}
 }
 
-/* A due retry, unless the deadline passed while it waited. */
+/*
+ * A due retry.  The deadline was judged when the retry was scheduled (the
+ * decision caps retry_at at the deadline), so a retry that was due within
+ * it may start even if its claimant arrives a little after; only one
+ * scheduled beyond the deadline (a release after it, say) is refused.
+ */
 static void
 start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
-	if (op->deadline != TS_NONE && req->now > op->deadline)
+	TimestampTz due = op->next_attempt_at != TS_NONE ? op->next_attempt_at : req->now;
+
+	if (op->deadline != TS_NONE && due > op->deadline)
 	{
 		operation_set_terminal(op, OP_DEAD, "deadline_exceeded");
 		operation_store(op, req->now);

@@ -132,8 +132,22 @@ agentretry_decide(PG_FUNCTION_ARGS)
 	in.max_attempts = PG_GETARG_INT32(5);
 	in.delay = interval_usec(PG_GETARG_INTERVAL_P(6));
 	in.retry_after = PG_ARGISNULL(7) ? USEC_NONE : interval_usec(PG_GETARG_INTERVAL_P(7));
-	in.deadline = PG_ARGISNULL(8) ? TS_NONE : PG_GETARG_TIMESTAMPTZ(8);
 	in.now = PG_GETARG_TIMESTAMPTZ(9);
+	if (TIMESTAMP_NOT_FINITE(in.now))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("now must be a finite timestamp")));
+	/* -infinity has passed already; infinity never comes */
+	in.deadline = TS_NONE;
+	if (!PG_ARGISNULL(8))
+	{
+		TimestampTz deadline = PG_GETARG_TIMESTAMPTZ(8);
+
+		if (TIMESTAMP_IS_NOBEGIN(deadline))
+			in.deadline = MIN_TIMESTAMP;
+		else if (!TIMESTAMP_IS_NOEND(deadline))
+			in.deadline = deadline;
+	}
 
 	if (in.attempt < 1 || in.max_attempts < 1)
 		ereport(ERROR,

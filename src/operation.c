@@ -22,6 +22,10 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/relscan.h"
+#include "access/tableam.h"
+#include "executor/tuptable.h"
+#include "utils/inval.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
@@ -311,6 +315,15 @@ static const char *const peek_columns[] = {
 
 static Oid	peek_relid = InvalidOid;
 static AttrNumber peek_attnums[PEEK_NCOLUMNS];
+static bool peek_callback_registered = false;
+
+/* any change to the table (an upgrade's ALTER) forgets the column map */
+static void
+peek_relcache_callback(Datum arg, Oid relid)
+{
+	if (relid == InvalidOid || relid == peek_relid)
+		peek_relid = InvalidOid;
+}
 
 static void
 resolve_peek_attnums(Relation rel)
@@ -319,6 +332,11 @@ resolve_peek_attnums(Relation rel)
 	int			i,
 				j;
 
+	if (!peek_callback_registered)
+	{
+		CacheRegisterRelcacheCallback(peek_relcache_callback, (Datum) 0);
+		peek_callback_registered = true;
+	}
 	for (i = 0; i < (int) PEEK_NCOLUMNS; i++)
 	{
 		peek_attnums[i] = InvalidAttrNumber;
@@ -393,9 +411,9 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 	Oid			relid = get_relname_relid("operations", nsp);
 	Relation	rel;
 	Relation	idx;
-	SysScanDesc scan;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
 	ScanKeyData skey[2];
-	HeapTuple	tup;
 	bool		found = false;
 
 	if (!OidIsValid(relid))
@@ -405,6 +423,7 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 		resolve_peek_attnums(rel);
 	idx = index_open(RelationGetPrimaryKeyIndex(rel), AccessShareLock);
 
+	/* scan key attribute numbers are index columns: (tenant, key) */
 	ScanKeyEntryInitialize(&skey[0], 0, 1, BTEqualStrategyNumber, InvalidOid,
 						   idx->rd_indcollation[0], F_TEXTEQ,
 						   CStringGetTextDatum(tenant));
@@ -413,18 +432,21 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 						   CStringGetTextDatum(key));
 
 	CommandCounterIncrement();
-	scan = systable_beginscan(rel, RelationGetRelid(idx), true,
-							  GetTransactionSnapshot(), 2, skey);
-	tup = systable_getnext(scan);
-	if (HeapTupleIsValid(tup))
+	slot = table_slot_create(rel, NULL);
+	scan = index_beginscan(rel, idx, GetTransactionSnapshot(), 2, 0);
+	index_rescan(scan, skey, 2, NULL, 0);
+	if (index_getnext_slot(scan, ForwardScanDirection, slot))
 	{
-		Datum	   *values = palloc(sizeof(Datum) * RelationGetDescr(rel)->natts);
-		bool	   *nulls = palloc(sizeof(bool) * RelationGetDescr(rel)->natts);
+		int			natts = RelationGetDescr(rel)->natts;
+		Datum	   *values = palloc(sizeof(Datum) * natts);
+		bool	   *nulls = palloc(sizeof(bool) * natts);
 		Datum		v[PEEK_NCOLUMNS];
 		bool		n[PEEK_NCOLUMNS];
 		int			i;
 
-		heap_deform_tuple(heap_copytuple(tup), RelationGetDescr(rel), values, nulls);
+		/* a copy: the values must outlive the scan's buffer pin */
+		heap_deform_tuple(ExecCopySlotHeapTuple(slot), RelationGetDescr(rel),
+						  values, nulls);
 		for (i = 0; i < (int) PEEK_NCOLUMNS; i++)
 		{
 			v[i] = values[peek_attnums[i] - 1];
@@ -435,7 +457,8 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 		fill_peeked(op, v, n);
 		found = true;
 	}
-	systable_endscan(scan);
+	index_endscan(scan);
+	ExecDropSingleTupleTableSlot(slot);
 	index_close(idx, AccessShareLock);
 	table_close(rel, NoLock);
 	return found;
@@ -762,6 +785,18 @@ report_unknown_key(const char *tenant, const char *key)
 void
 check_fencing(const Operation *op, int64 lease_token)
 {
+	check_token(op, lease_token);
+	if (op_state_terminal(op->state))
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_LEASE_LOST),
+				 errmsg("lease on operation \"%s\" was lost", op->key),
+				 errdetail("The operation is already %s.", op_state_labels[op->state])));
+}
+
+/* Only the newest fencing token of an operation may act on it. */
+void
+check_token(const Operation *op, int64 lease_token)
+{
 	if (lease_token > op->lease_token)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_LEASE_LOST),
@@ -775,9 +810,4 @@ check_fencing(const Operation *op, int64 lease_token)
 				 errdetail("Lease token " INT64_FORMAT " was superseded by " INT64_FORMAT ".",
 						   lease_token, op->lease_token),
 				 errhint("Another worker took the operation over; record nothing for this attempt.")));
-	if (op_state_terminal(op->state))
-		ereport(ERROR,
-				(errcode(ERRCODE_AR_LEASE_LOST),
-				 errmsg("lease on operation \"%s\" was lost", op->key),
-				 errdetail("The operation is already %s.", op_state_labels[op->state])));
 }

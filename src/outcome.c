@@ -184,8 +184,8 @@ PG_FUNCTION_INFO_V1(agentretry_resolve);
  *
  * Ends a verification.  executed = true stores the receipt and the
  * operation succeeds; false makes it due for retry (or dead when no retry
- * is allowed).  Returns the new state.  Raises AR004 unless the operation
- * awaits verification, AR002 unless lease_token is its newest.
+ * is allowed).  Returns the new state.  Raises AR002 unless lease_token is
+ * the newest, then AR004 unless the operation awaits verification.
  */
 Datum
 agentretry_resolve(PG_FUNCTION_ARGS)
@@ -208,13 +208,14 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	if (!operation_load(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
+	/* a superseded verifier is told so, whatever state the key went on to */
+	check_token(&op, lease_token);
 	if (op.state != OP_VERIFY)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_INVALID_STATE),
 				 errmsg("cannot resolve operation \"%s\" because it is %s",
 						key, op_state_labels[op.state]),
 				 errhint("Only an operation awaiting verification can be resolved.")));
-	check_fencing(&op, lease_token);
 
 	if (executed)
 	{

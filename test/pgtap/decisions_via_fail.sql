@@ -297,14 +297,14 @@ SELECT results_eq(
 SELECT lives_ok($$
 	SELECT fail('k_deadline_wait', (claim('k_deadline_wait', '{"n": 1}', 'tap_deadline')).lease_token,
 				'transient', 'pre_execution');
-	UPDATE operations SET deadline = clock_timestamp() - interval '1 second',
+	UPDATE operations SET deadline = clock_timestamp() - interval '2 seconds',
 		next_attempt_at = clock_timestamp() - interval '1 second'
 	WHERE key = 'k_deadline_wait';
-$$, 'a retry waits until after its deadline');
+$$, 'a retry is scheduled after its deadline');
 SELECT results_eq(
 	$$SELECT outcome, attempt, lease_token, reason FROM claim('k_deadline_wait', '{"n": 1}', 'tap_deadline')$$,
 	$$VALUES ('dead'::outcome, 1, NULL::bigint, 'deadline_exceeded')$$,
-	'a due retry past the deadline is dead instead of executed');
+	'a due retry scheduled after the deadline is dead instead of executed');
 SELECT results_eq(
 	$$SELECT state, attempts, reason FROM lookup('k_deadline_wait')$$,
 	$$VALUES ('dead'::operation_state, 1, 'deadline_exceeded')$$,
