@@ -12,6 +12,7 @@ OBJS = \
 	src/operation.o \
 	src/outcome.o \
 	src/policy.o \
+	src/sha256.o \
 	src/types.o \
 	src/validate.o
 

@@ -243,7 +243,8 @@ extern void operation_store(const Operation *op, TimestampTz now);
 extern bool operation_complete(Operation *op, int64 lease_token,
 							   Jsonb *result, const char *reason,
 							   const char *compensate_tool,
-							   Jsonb *compensate_args, TimestampTz now);
+							   Jsonb *compensate_args, bool for_event,
+							   TimestampTz now);
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,

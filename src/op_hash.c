@@ -19,7 +19,6 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "common/cryptohash.h"
 #include "fmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -28,10 +27,11 @@
 #include "port/pg_bswap.h"
 
 #include "agentretry.h"
+#include "sha256.h"
 
 typedef struct FingerprintState
 {
-	pg_cryptohash_ctx *ctx;
+	ArSha256	ctx;
 	int			nignore;
 	char	  **ignore;			/* top-level keys left out */
 	int		   *ignore_len;
@@ -42,11 +42,7 @@ static void hash_container(FingerprintState *hs, JsonbContainer *c, bool top);
 static void
 hash_bytes(FingerprintState *hs, const void *data, size_t len)
 {
-	if (pg_cryptohash_update(hs->ctx, (const uint8 *) data, len) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not update SHA-256 context: %s",
-						pg_cryptohash_error(hs->ctx))));
+	ar_sha256_update(&hs->ctx, data, len);
 }
 
 static void
@@ -186,30 +182,17 @@ collect_ignored_keys(FingerprintState *hs, ArrayType *ignore)
 	}
 }
 
-/*
- * The fingerprint of args as a 32-byte bytea.  The hash context is owned by
- * the current resource owner, so an error part-way releases it.
- */
+/* The fingerprint of args as a 32-byte bytea. */
 bytea *
 compute_op_hash(Jsonb *args, ArrayType *ignore)
 {
-	FingerprintState	hs;
+	FingerprintState hs;
 	bytea	   *out = (bytea *) palloc(VARHDRSZ + AR_SHA256_LEN);
 
 	collect_ignored_keys(&hs, ignore);
-	hs.ctx = pg_cryptohash_create(PG_SHA256);
-	if (pg_cryptohash_init(hs.ctx) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not initialize SHA-256 context: %s",
-						pg_cryptohash_error(hs.ctx))));
+	ar_sha256_init(&hs.ctx);
 	hash_container(&hs, &args->root, true);
-	if (pg_cryptohash_final(hs.ctx, (uint8 *) VARDATA(out), AR_SHA256_LEN) < 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INTERNAL_ERROR),
-				 errmsg("could not finalize SHA-256 context: %s",
-						pg_cryptohash_error(hs.ctx))));
-	pg_cryptohash_free(hs.ctx);
+	ar_sha256_final(&hs.ctx, (uint8 *) VARDATA(out));
 	SET_VARSIZE(out, VARHDRSZ + AR_SHA256_LEN);
 	return out;
 }

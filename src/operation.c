@@ -62,12 +62,24 @@
 	"t.idempotency::text, t.side_effect::text, t.max_attempts, t.base_delay, " \
 	"t.max_delay, t.multiplier, t.jitter::text, t.deadline, t.lease, t.ttl"
 
+/* the fencing check is the WHERE clause */
+#define COMPLETE_SQL \
+	"UPDATE agentretry.operations o SET" \
+	" state = 'succeeded', result = $4, compensate_tool = $5," \
+	" compensate_args = $6, reason = $7, lease_expires_at = NULL," \
+	" next_attempt_at = NULL, completed_at = $8, updated_at = $8," \
+	" expires_at = $8 + coalesce((SELECT t.ttl FROM agentretry.tools t" \
+	"                             WHERE t.name = o.tool), $9)" \
+	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
+	" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
+
 enum
 {
 	PLAN_LOAD_LOCK,
 	PLAN_INSERT,
 	PLAN_STORE,
 	PLAN_COMPLETE,
+	PLAN_COMPLETE_RETURNING,
 	PLAN_ROW,
 	NUM_PLANS
 };
@@ -92,9 +104,10 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" (tenant, key, op_hash, args, tool, state, attempts, lease_token,"
 		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
 		"  deadline, run_id, step, created_at, updated_at)"
-		" SELECT $1, $2, $3, $4, $5, 'in_progress', 1, 1, $6,"
-		"  $7 + coalesce($8, t.lease, $9), $7, $7, $7 + t.deadline, $10, $11, $7, $7"
-		" FROM (SELECT) AS one LEFT JOIN agentretry.tools t ON t.name = $5"
+		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1, 1, $6,"
+		"  $7 + coalesce($8, (SELECT t.lease FROM agentretry.tools t WHERE t.name = $5), $9),"
+		"  $7, $7, $7 + (SELECT t.deadline FROM agentretry.tools t WHERE t.name = $5),"
+		"  $10, $11, $7, $7)"
 		" ON CONFLICT (tenant, key) DO NOTHING"
 		" RETURNING o.lease_expires_at, o.deadline",
 		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID,
@@ -117,14 +130,12 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[PLAN_COMPLETE] = {
-		"UPDATE agentretry.operations o SET"
-		" state = 'succeeded', result = $4, compensate_tool = $5,"
-		" compensate_args = $6, reason = $7, lease_expires_at = NULL,"
-		" next_attempt_at = NULL, completed_at = $8, updated_at = $8,"
-		" expires_at = $8 + coalesce((SELECT t.ttl FROM agentretry.tools t"
-		"                             WHERE t.name = o.tool), $9)"
-		" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3"
-		" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
+		COMPLETE_SQL,
+		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID,
+		TIMESTAMPTZOID, INTERVALOID}
+	},
+	[PLAN_COMPLETE_RETURNING] = {
+		COMPLETE_SQL
 		" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step",
 		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID,
 		TIMESTAMPTZOID, INTERVALOID}
@@ -590,14 +601,15 @@ operation_store(const Operation *op, TimestampTz now)
 /*
  * Mark the operation succeeded with its receipt, if lease_token is still
  * the newest and the operation not terminal.  One statement: the WHERE
- * clause is the fencing check.  On success op's tool, attempts, owner,
- * run_id and step are filled for tracing; returns false when the check
- * failed or the key does not exist.
+ * clause is the fencing check.  With for_event, op's tool, attempts,
+ * owner, run_id and step are filled for tracing (a RETURNING the common
+ * case does without).  Returns false when the check failed or the key does
+ * not exist.
  */
 bool
 operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 				   const char *reason, const char *compensate_tool,
-				   Jsonb *compensate_args, TimestampTz now)
+				   Jsonb *compensate_args, bool for_event, TimestampTz now)
 {
 	Datum		values[9];
 	char		nulls[9];
@@ -622,20 +634,22 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
 
-	run_plan(PLAN_COMPLETE, values, nulls, false);
+	run_plan(for_event ? PLAN_COMPLETE_RETURNING : PLAN_COMPLETE, values, nulls, false);
 	if (SPI_processed == 0)
 		return false;
+	op->state = OP_SUCCEEDED;
+	op->lease_token = lease_token;
+	op->reason = (char *) reason;
+	if (!for_event)
+		return true;
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	op->state = OP_SUCCEEDED;
-	op->lease_token = lease_token;
 	op->tool = col_text(tup, desc, 1);
 	op->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
 	op->lease_owner = col_text(tup, desc, 3);
 	op->run_id = col_text(tup, desc, 4);
 	op->step = col_text(tup, desc, 5);
-	op->reason = (char *) reason;
 	return true;
 }
 

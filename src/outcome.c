@@ -71,7 +71,7 @@ agentretry_complete(PG_FUNCTION_ARGS)
 
 	ar_spi_begin();
 	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
-							compensate_args, now))
+							compensate_args, ar_trace_all, now))
 		report_refused_complete(op.tenant, op.key, lease_token);
 	if (ar_trace_all)
 		record_simple_event("complete", &op, NULL, now);
@@ -220,7 +220,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	if (executed)
 	{
 		if (!operation_complete(&op, lease_token, result, "verified_executed",
-								NULL, NULL, now))
+								NULL, NULL, true, now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		record_simple_event("resolve", &op, "verified_executed", now);
 	}
