@@ -183,6 +183,7 @@ typedef struct Decision
 } Decision;
 
 extern void decide_failure(const DecisionInput *in, Decision *out);
+extern Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 
 /* policy.c: tier defaults merged with a tool's registered fields */
 typedef struct Policy
@@ -233,6 +234,11 @@ typedef struct Operation
 	Policy		policy;			/* filled by operation_load() */
 } Operation;
 
+extern void param_text(Datum *values, char *nulls, int i, const char *s);
+extern void param_ts(Datum *values, char *nulls, int i, TimestampTz ts);
+extern void param_usec(Datum *values, char *nulls, int i, int64 usec);
+extern void param_label(Datum *values, char *nulls, int i,
+						const char *const *labels, int index);
 extern void ar_spi_begin(void);
 extern void ar_spi_end(void);
 extern bool operation_load(const char *tenant, const char *key, Operation *op);

@@ -111,9 +111,6 @@ agentretry_decide(PG_FUNCTION_ARGS)
 {
 	DecisionInput in;
 	Decision	out;
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
 
 	check_not_null(fcinfo, 0, "failure");
 	check_not_null(fcinfo, 2, "idempotency");
@@ -161,13 +158,22 @@ agentretry_decide(PG_FUNCTION_ARGS)
 				 errmsg("delay and retry_after must not be negative")));
 
 	decide_failure(&in, &out);
+	PG_RETURN_DATUM(decision_datum(fcinfo, &out));
+}
 
-	desc = result_tupdesc(fcinfo);
+/* A decision as a row of the function's result type (decide, fail). */
+Datum
+decision_datum(FunctionCallInfo fcinfo, const Decision *d)
+{
+	TupleDesc	desc = result_tupdesc(fcinfo);
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
 	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
-								 action_labels[out.action]);
-	values[1] = TimestampTzGetDatum(out.retry_at);
-	nulls[1] = out.retry_at == TS_NONE;
-	values[2] = Int32GetDatum(out.attempt);
-	values[3] = CStringGetTextDatum(out.reason);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+								 action_labels[d->action]);
+	values[1] = TimestampTzGetDatum(d->retry_at);
+	nulls[1] = d->retry_at == TS_NONE;
+	values[2] = Int32GetDatum(d->attempt);
+	values[3] = CStringGetTextDatum(d->reason);
+	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }

@@ -56,15 +56,6 @@ event_plan(void)
 	return insert_plan;
 }
 
-static void
-put_text(Datum *values, char *nulls, int i, const char *s)
-{
-	if (s)
-		values[i] = CStringGetTextDatum(s);
-	else
-		nulls[i] = 'n';
-}
-
 /* Append one event; the caller must be SPI-connected. */
 void
 record_event(const EventData *ev)
@@ -78,24 +69,19 @@ record_event(const EventData *ev)
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = TimestampTzGetDatum(ev->at);
 	values[2] = CStringGetTextDatum(ev->kind);
-	put_text(values, nulls, 3, op->key);
-	put_text(values, nulls, 4, op->tool);
-	put_text(values, nulls, 5, op->run_id);
-	put_text(values, nulls, 6, op->step);
+	param_text(values, nulls, 3, op->key);
+	param_text(values, nulls, 4, op->tool);
+	param_text(values, nulls, 5, op->run_id);
+	param_text(values, nulls, 6, op->step);
 	values[7] = Int32GetDatum(op->attempts);
-	put_text(values, nulls, 8,
-			 ev->failure_class >= 0 ? failure_class_labels[ev->failure_class] : NULL);
-	put_text(values, nulls, 9,
-			 ev->failure_phase >= 0 ? failure_phase_labels[ev->failure_phase] : NULL);
-	put_text(values, nulls, 10, ev->code);
-	put_text(values, nulls, 11, ev->message);
-	put_text(values, nulls, 12, ev->reason);
-	if (ev->delay != USEC_NONE)
-		values[13] = IntervalPGetDatum(usec_interval(ev->delay));
-	else
-		nulls[13] = 'n';
+	param_label(values, nulls, 8, failure_class_labels, ev->failure_class);
+	param_label(values, nulls, 9, failure_phase_labels, ev->failure_phase);
+	param_text(values, nulls, 10, ev->code);
+	param_text(values, nulls, 11, ev->message);
+	param_text(values, nulls, 12, ev->reason);
+	param_usec(values, nulls, 13, ev->delay);
 	values[14] = Int64GetDatum(op->lease_token);
-	put_text(values, nulls, 15, op->lease_owner);
+	param_text(values, nulls, 15, op->lease_owner);
 
 	rc = SPI_execute_plan(event_plan(), values, nulls, false, 0);
 	if (rc != SPI_OK_INSERT)

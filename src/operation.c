@@ -498,19 +498,10 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	values[4] = CStringGetTextDatum(op->tool);
 	values[5] = CStringGetTextDatum(op->lease_owner);
 	values[6] = TimestampTzGetDatum(now);
-	if (lease_usec == USEC_NONE)
-		nulls[7] = 'n';
-	else
-		values[7] = IntervalPGetDatum(usec_interval(lease_usec));
+	param_usec(values, nulls, 7, lease_usec);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_lease_sec * USECS_PER_SEC));
-	if (op->run_id)
-		values[9] = CStringGetTextDatum(op->run_id);
-	else
-		nulls[9] = 'n';
-	if (op->step)
-		values[10] = CStringGetTextDatum(op->step);
-	else
-		nulls[10] = 'n';
+	param_text(values, nulls, 9, op->run_id);
+	param_text(values, nulls, 10, op->step);
 
 	run_plan(PLAN_INSERT, values, nulls, false);
 	if (SPI_processed == 0)
@@ -536,8 +527,9 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	return true;
 }
 
-static void
-set_text(Datum *values, char *nulls, int i, const char *s)
+/* SPI parameter setters: a "none" value becomes SQL NULL */
+void
+param_text(Datum *values, char *nulls, int i, const char *s)
 {
 	if (s)
 		values[i] = CStringGetTextDatum(s);
@@ -545,13 +537,30 @@ set_text(Datum *values, char *nulls, int i, const char *s)
 		nulls[i] = 'n';
 }
 
-static void
-set_ts(Datum *values, char *nulls, int i, TimestampTz ts)
+void
+param_ts(Datum *values, char *nulls, int i, TimestampTz ts)
 {
 	if (ts != TS_NONE)
 		values[i] = TimestampTzGetDatum(ts);
 	else
 		nulls[i] = 'n';
+}
+
+void
+param_usec(Datum *values, char *nulls, int i, int64 usec)
+{
+	if (usec != USEC_NONE)
+		values[i] = IntervalPGetDatum(usec_interval(usec));
+	else
+		nulls[i] = 'n';
+}
+
+/* an enum passed as text: index into labels, or -1 for NULL */
+void
+param_label(Datum *values, char *nulls, int i, const char *const *labels,
+			int index)
+{
+	param_text(values, nulls, i, index >= 0 ? labels[index] : NULL);
 }
 
 /*
@@ -573,24 +582,19 @@ operation_store(const Operation *op, TimestampTz now)
 	values[2] = CStringGetTextDatum(op_state_labels[op->state]);
 	values[3] = Int32GetDatum(op->attempts);
 	values[4] = Int64GetDatum(op->lease_token);
-	set_text(values, nulls, 5, op->lease_owner);
-	set_ts(values, nulls, 6, op->lease_expires_at);
-	set_ts(values, nulls, 7, op->next_attempt_at);
-	set_ts(values, nulls, 8, op->first_attempt_at);
-	set_ts(values, nulls, 9, op->last_attempt_at);
-	set_text(values, nulls, 10,
-			 op->failure_class >= 0 ? failure_class_labels[op->failure_class] : NULL);
-	set_text(values, nulls, 11,
-			 op->failure_phase >= 0 ? failure_phase_labels[op->failure_phase] : NULL);
-	set_text(values, nulls, 12, op->failure_code);
-	set_text(values, nulls, 13, op->failure_message);
-	if (op->last_delay != USEC_NONE)
-		values[14] = IntervalPGetDatum(usec_interval(op->last_delay));
-	else
-		nulls[14] = 'n';
-	set_text(values, nulls, 15, op->reason);
-	set_ts(values, nulls, 16, terminal ? now : TS_NONE);
-	set_ts(values, nulls, 17, terminal ? ts_add_usec(now, op->policy.ttl) : TS_NONE);
+	param_text(values, nulls, 5, op->lease_owner);
+	param_ts(values, nulls, 6, op->lease_expires_at);
+	param_ts(values, nulls, 7, op->next_attempt_at);
+	param_ts(values, nulls, 8, op->first_attempt_at);
+	param_ts(values, nulls, 9, op->last_attempt_at);
+	param_label(values, nulls, 10, failure_class_labels, op->failure_class);
+	param_label(values, nulls, 11, failure_phase_labels, op->failure_phase);
+	param_text(values, nulls, 12, op->failure_code);
+	param_text(values, nulls, 13, op->failure_message);
+	param_usec(values, nulls, 14, op->last_delay);
+	param_text(values, nulls, 15, op->reason);
+	param_ts(values, nulls, 16, terminal ? now : TS_NONE);
+	param_ts(values, nulls, 17, terminal ? ts_add_usec(now, op->policy.ttl) : TS_NONE);
 	values[18] = TimestampTzGetDatum(now);
 
 	run_plan(PLAN_STORE, values, nulls, false);
@@ -625,12 +629,12 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 		values[3] = JsonbPGetDatum(result);
 	else
 		nulls[3] = 'n';
-	set_text(values, nulls, 4, compensate_tool);
+	param_text(values, nulls, 4, compensate_tool);
 	if (compensate_args)
 		values[5] = JsonbPGetDatum(compensate_args);
 	else
 		nulls[5] = 'n';
-	set_text(values, nulls, 6, reason);
+	param_text(values, nulls, 6, reason);
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
 

@@ -79,23 +79,6 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-static Datum
-decision_datum(FunctionCallInfo fcinfo, const Decision *d)
-{
-	TupleDesc	desc;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-
-	desc = result_tupdesc(fcinfo);
-	values[0] = label_enum_datum(TupleDescAttr(desc, 0)->atttypid,
-								 action_labels[d->action]);
-	values[1] = TimestampTzGetDatum(d->retry_at);
-	nulls[1] = d->retry_at == TS_NONE;
-	values[2] = Int32GetDatum(d->attempt);
-	values[3] = CStringGetTextDatum(d->reason);
-	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
-}
-
 PG_FUNCTION_INFO_V1(agentretry_fail);
 
 /*
