@@ -5,8 +5,8 @@
  *
  * The common answers take no row lock: a new key is one INSERT ... ON
  * CONFLICT DO NOTHING, and replay, busy, wait, dead and cancelled are read
- * from a plain SELECT (so a replay writes nothing and needs no
- * transaction id).  Only a transition (an expired lease, a due retry, a
+ * straight from the primary key index (operation_peek), so a replay writes
+ * nothing, needs no transaction id and runs no executor.  Only a transition (an expired lease, a due retry, a
  * verification to hand out) re-reads the row FOR UPDATE and decides again
  * under the lock, since another claimant may have acted in between.
  *

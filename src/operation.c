@@ -4,16 +4,19 @@
  *	  Reading and writing rows of agentretry.operations, and the state
  *	  transitions shared by claim, fail and resolve.
  *
- * All access goes through SPI plans prepared once per backend and kept
- * (SPI_keepplan); the plan cache revalidates them after DDL.  Query texts
- * are fully schema-qualified and pass enums as text, so they do not depend
- * on search_path or on enum OIDs.  Callers must be SPI-connected.
+ * Writes and locking reads go through SPI plans prepared once per backend
+ * and kept (SPI_keepplan); the plan cache revalidates them after DDL.  Query
+ * texts are fully schema-qualified and pass enums as text, so they do not
+ * depend on search_path or on enum OIDs.  Callers must be inside
+ * ar_spi_begin() / ar_spi_end().  The unlocked read, operation_peek(), is
+ * an index scan of the primary key done directly, without the executor.
  *
- * Locks: operation_load(..., lock = true) takes FOR UPDATE on the row and
- * is the only way a transition starts, so transitions of one key are
- * serialised by the row lock.  operation_complete() is a single UPDATE whose
- * WHERE clause is the fencing check itself; under READ COMMITTED a
- * concurrent transition makes it re-check the newest row version and miss.
+ * Locks: operation_load() takes FOR UPDATE on the row and is the only way
+ * a transition starts, so transitions of one key are serialised by the row
+ * lock.  operation_peek() takes none.  operation_complete() is a single
+ * UPDATE whose WHERE clause is the fencing check itself; under READ
+ * COMMITTED a concurrent transition makes it re-check the newest row
+ * version and miss.
  *
  * src/operation.c
  *
@@ -22,28 +25,28 @@
 #include "postgres.h"
 
 #include "access/genam.h"
-#include "access/relscan.h"
-#include "access/tableam.h"
-#include "executor/tuptable.h"
-#include "utils/inval.h"
 #include "access/htup_details.h"
+#include "access/relscan.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_enum.h"
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "executor/tuptable.h"
+#include "lib/stringinfo.h"
+#include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/json.h"
+#include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/relcache.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
-#include "executor/spi.h"
-#include "lib/stringinfo.h"
-#include "utils/builtins.h"
-#include "utils/guc.h"
-#include "utils/json.h"
-#include "utils/jsonb.h"
 #include "utils/timestamp.h"
 
 #include "agentretry.h"
@@ -566,7 +569,7 @@ param_label(Datum *values, char *nulls, int i, const char *const *labels,
 /*
  * Write back every mutable column of op (all but result and compensation,
  * which only operation_complete sets).  The row must be locked by
- * operation_load(..., true), whose policy supplies the TTL of a terminal
+ * operation_load(), whose policy supplies the TTL of a terminal
  * row.
  */
 void
