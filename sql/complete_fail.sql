@@ -253,3 +253,21 @@ SELECT agentretry.complete('cf-pa-lost', 1, '"old"');
 ROLLBACK;
 SELECT count(*) AS effects FROM cf_sent WHERE key = 'cf-pa-lost';
 SELECT state, lease_token, result FROM agentretry.lookup('cf-pa-lost');
+
+--
+-- a tool's policy is merged when a decision is made: re-registering the
+-- tool changes what happens to operations already in flight
+--
+SELECT name FROM agentretry.register_tool('cf_inflight', 'idempotent', 'read',
+	max_attempts => 3, base_delay => '0', jitter => 'none');
+SELECT outcome, attempt FROM agentretry.claim('cf-inflight', '{}', 'cf_inflight');
+SELECT action, reason FROM agentretry.fail('cf-inflight', 1, 'transient', 'pre_execution');
+SELECT outcome, attempt FROM agentretry.claim('cf-inflight', '{}', 'cf_inflight');
+-- with max_attempts 3 the second failure would be retried; lowered to 2, it is the last
+SELECT name, max_attempts FROM agentretry.register_tool('cf_inflight', 'idempotent', 'read',
+	max_attempts => 2, base_delay => '0', jitter => 'none');
+SELECT action, reason FROM agentretry.fail('cf-inflight', 2, 'transient', 'pre_execution');
+SELECT state, attempts, reason FROM agentretry.lookup('cf-inflight');
+DELETE FROM agentretry.events WHERE key = 'cf-inflight';
+DELETE FROM agentretry.operations WHERE key = 'cf-inflight';
+DELETE FROM agentretry.tools WHERE name = 'cf_inflight';
