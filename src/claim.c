@@ -314,9 +314,9 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	req.run_id = arg_name(fcinfo, 4, "run_id", NULL, AR_MAX_KEY_LEN);
 	req.step = arg_name(fcinfo, 5, "step", NULL, AR_MAX_KEY_LEN);
 	req.lease = arg_lease_usec(fcinfo, 6, "lease");
-	req.owner = arg_name(fcinfo, 7, "owner",
-						 GetUserNameFromId(GetOuterUserId(), false),
-						 AR_MAX_NAME_LEN);
+	req.owner = arg_name(fcinfo, 7, "owner", NULL, AR_MAX_NAME_LEN);
+	if (req.owner == NULL)		/* look the role up only when needed */
+		req.owner = GetUserNameFromId(GetOuterUserId(), false);
 	req.op_hash = compute_op_hash(args, NULL);
 	req.now = GetCurrentTimestamp();
 

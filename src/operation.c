@@ -51,11 +51,12 @@
 
 #include "agentretry.h"
 
+/* the columns of peek_columns, in the same order (see fill_operation) */
 #define OP_COLUMNS \
-	"o.state::text, o.op_hash, o.tool, o.attempts, o.lease_token, " \
+	"o.state, o.op_hash, o.tool, o.attempts, o.lease_token, " \
 	"o.lease_owner, o.lease_expires_at, o.next_attempt_at, " \
 	"o.first_attempt_at, o.last_attempt_at, o.deadline, " \
-	"o.last_failure_class::text, o.last_failure_phase::text, " \
+	"o.last_failure_class, o.last_failure_phase, " \
 	"o.last_failure_code, o.last_failure_message, o.last_delay, o.reason, " \
 	"o.result, o.run_id, o.step"
 #define OP_NCOLUMNS 20
@@ -152,6 +153,8 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 
 static SPIPlanPtr plans[NUM_PLANS];
 
+static void fill_operation(Operation *op, Datum *v, bool *n);
+
 #if PG_VERSION_NUM >= 170000
 static int	guc_nest_level;
 #endif
@@ -244,51 +247,6 @@ col_ts(HeapTuple tup, TupleDesc desc, int col)
 	return isnull ? TS_NONE : DatumGetTimestampTz(d);
 }
 
-static int64
-col_usec(HeapTuple tup, TupleDesc desc, int col)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-
-	return isnull ? USEC_NONE : interval_usec(DatumGetIntervalP(d));
-}
-
-static int
-col_label(HeapTuple tup, TupleDesc desc, int col, const char *const *labels)
-{
-	char	   *s = SPI_getvalue(tup, desc, col);
-
-	return s ? label_index(labels, s) : -1;
-}
-
-static void
-fill_operation(Operation *op, HeapTuple tup, TupleDesc desc)
-{
-	bool		isnull;
-
-	op->state = (OpState) col_label(tup, desc, 1, op_state_labels);
-	op->op_hash = DatumGetByteaPP(SPI_getbinval(tup, desc, 2, &isnull));
-	op->tool = col_text(tup, desc, 3);
-	op->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
-	op->lease_token = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-	op->lease_owner = col_text(tup, desc, 6);
-	op->lease_expires_at = col_ts(tup, desc, 7);
-	op->next_attempt_at = col_ts(tup, desc, 8);
-	op->first_attempt_at = col_ts(tup, desc, 9);
-	op->last_attempt_at = col_ts(tup, desc, 10);
-	op->deadline = col_ts(tup, desc, 11);
-	op->failure_class = col_label(tup, desc, 12, failure_class_labels);
-	op->failure_phase = col_label(tup, desc, 13, failure_phase_labels);
-	op->failure_code = col_text(tup, desc, 14);
-	op->failure_message = col_text(tup, desc, 15);
-	op->last_delay = col_usec(tup, desc, 16);
-	op->reason = col_text(tup, desc, 17);
-	op->result = SPI_getbinval(tup, desc, 18, &isnull);
-	op->has_result = !isnull;
-	op->run_id = col_text(tup, desc, 19);
-	op->step = col_text(tup, desc, 20);
-}
-
 /*
  * Read the operation (tenant, key) into op with its row locked FOR UPDATE
  * (waiting for a concurrent holder), and its tool's policy into
@@ -307,7 +265,16 @@ operation_load(const char *tenant, const char *key, Operation *op)
 
 	op->tenant = pstrdup(tenant);
 	op->key = pstrdup(key);
-	fill_operation(op, SPI_tuptable->vals[0], SPI_tuptable->tupdesc);
+	{
+		Datum		v[OP_NCOLUMNS];
+		bool		n[OP_NCOLUMNS];
+		int			i;
+
+		for (i = 0; i < OP_NCOLUMNS; i++)
+			v[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
+								 i + 1, &n[i]);
+		fill_operation(op, v, n);
+	}
 	policy_from_columns(&op->policy, SPI_tuptable->vals[0],
 						SPI_tuptable->tupdesc, OP_NCOLUMNS + 1);
 	return true;
@@ -326,6 +293,8 @@ static const char *const peek_columns[] = {
 	"last_delay", "reason", "result", "run_id", "step"
 };
 #define PEEK_NCOLUMNS lengthof(peek_columns)
+StaticAssertDecl(PEEK_NCOLUMNS == OP_NCOLUMNS,
+				 "OP_COLUMNS and peek_columns must list the same columns");
 
 static Oid	peek_relid = InvalidOid;
 static AttrNumber peek_attnums[PEEK_NCOLUMNS];
@@ -382,8 +351,12 @@ enum_oid_index(const char *const *labels, Oid enumoid)
 	return result;
 }
 
+/*
+ * Fill op from the values of peek_columns (enums as stored, i.e. OIDs), as
+ * read by operation_load (SPI) or operation_peek (index scan).
+ */
 static void
-fill_peeked(Operation *op, Datum *v, bool *n)
+fill_operation(Operation *op, Datum *v, bool *n)
 {
 	op->state = (OpState) enum_oid_index(op_state_labels, DatumGetObjectId(v[0]));
 	op->op_hash = DatumGetByteaPP(v[1]);
@@ -468,7 +441,7 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 		}
 		op->tenant = pstrdup(tenant);
 		op->key = pstrdup(key);
-		fill_peeked(op, v, n);
+		fill_operation(op, v, n);
 		found = true;
 	}
 	index_endscan(scan);
