@@ -9,10 +9,13 @@ OBJS = \
 	src/events.o \
 	src/lease.o \
 	src/op_hash.o \
+	src/operator.o \
 	src/operation.o \
 	src/outcome.o \
 	src/policy.o \
+	src/schedule.o \
 	src/sha256.o \
+	src/sweep.o \
 	src/types.o \
 	src/validate.o
 
@@ -48,3 +51,6 @@ installcheck-isolation: | build/isolation
 	$(pg_isolation_regress_installcheck) $(ISOLATION_OPTS) $(ISOLATION)
 
 .PHONY: installcheck-regress installcheck-isolation
+
+# every object depends on the shared header (PGXS does not track it)
+$(OBJS): src/agentretry.h

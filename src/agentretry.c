@@ -4,7 +4,8 @@
  *	  Module entry point and configuration (GUCs) of agentretry.
  *
  * The SQL-callable functions live beside what they implement: claim.c,
- * lease.c, outcome.c, decide.c, backoff.c, op_hash.c, policy.c.
+ * lease.c, outcome.c, decide.c, backoff.c, op_hash.c, policy.c,
+ * schedule.c (claim_due), sweep.c, operator.c (requeue, cancel).
  *
  * src/agentretry.c
  *
@@ -27,6 +28,7 @@ int			ar_default_ttl_sec = 7 * SECS_PER_DAY;
 int			ar_max_payload = 1024 * 1024;
 int			ar_event_retention_sec = 30 * SECS_PER_DAY;
 bool		ar_trace_all = false;
+int			ar_deadline_grace_sec = 60;
 
 void		_PG_init(void);
 
@@ -72,6 +74,14 @@ _PG_init(void)
 							 false,
 							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.deadline_grace",
+							gettext_noop("How long after its deadline a retry scheduled within it may still start."),
+							gettext_noop("After that, claims refuse it and the sweep dead-letters it (deadline_exceeded)."),
+							&ar_deadline_grace_sec,
+							60, 0, SECS_PER_DAY,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("agentretry");

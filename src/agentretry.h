@@ -45,6 +45,7 @@ extern int	ar_default_ttl_sec;
 extern int	ar_max_payload;
 extern int	ar_event_retention_sec;
 extern bool ar_trace_all;
+extern int	ar_deadline_grace_sec;
 
 /*
  * C mirrors of the SQL enums.  The order matches the SQL label order; the
@@ -185,7 +186,35 @@ typedef struct Decision
 extern void decide_failure(const DecisionInput *in, Decision *out);
 extern Datum decision_datum(FunctionCallInfo fcinfo, const Decision *d);
 
-/* policy.c: tier defaults merged with a tool's registered fields */
+/*
+ * policy.c: tier defaults merged with a tool's registered fields and the
+ * tenant's overrides.  Fields in effective_policy() order.
+ */
+typedef enum PolicyField
+{
+	PF_IDEMPOTENCY,
+	PF_SIDE_EFFECT,
+	PF_MAX_ATTEMPTS,
+	PF_BASE_DELAY,
+	PF_MAX_DELAY,
+	PF_MULTIPLIER,
+	PF_JITTER,
+	PF_DEADLINE,
+	PF_LEASE,
+	PF_TTL,
+	PF_COMPENSATE_TOOL,
+	PF_COUNT
+} PolicyField;
+
+/* where a merged field came from, lowest precedence first */
+typedef enum PolicySource
+{
+	SRC_DEFAULT,
+	SRC_TOOL,
+	SRC_TENANT,
+	SRC_TENANT_TOOL
+} PolicySource;
+
 typedef struct Policy
 {
 	bool		registered;
@@ -199,8 +228,31 @@ typedef struct Policy
 	int64		deadline;		/* USEC_NONE: no deadline */
 	int64		lease;
 	int64		ttl;
+	char	   *compensate_tool;	/* or NULL */
+	PolicySource source[PF_COUNT];
 } Policy;
 
+/*
+ * The policy columns of a query over operations o: the tool's row (t), the
+ * tenant's row for every tool (pw, tool '*') and for this tool (pt), each
+ * a level of AR_POLICY_LEVEL.  policy_from_columns() reads them.
+ */
+#define AR_POLICY_LEVEL(x) \
+	x ".max_attempts, " x ".base_delay, " x ".max_delay, " x ".multiplier, " \
+	x ".jitter::text, " x ".deadline, " x ".lease, " x ".ttl, " x ".compensate_tool"
+#define AR_POLICY_LEVEL_NCOLUMNS 9
+#define AR_POLICY_COLUMNS \
+	"t.idempotency::text, t.side_effect::text, " AR_POLICY_LEVEL("t") ", " \
+	AR_POLICY_LEVEL("pw") ", " AR_POLICY_LEVEL("pt")
+#define AR_POLICY_NCOLUMNS (2 + 3 * AR_POLICY_LEVEL_NCOLUMNS)
+#define AR_POLICY_JOINS \
+	" LEFT JOIN agentretry.tools t ON t.name = o.tool" \
+	" LEFT JOIN agentretry.tenant_policies pw" \
+	"   ON pw.tenant = o.tenant AND pw.tool = '*'" \
+	" LEFT JOIN agentretry.tenant_policies pt" \
+	"   ON pt.tenant = o.tenant AND pt.tool = o.tool"
+
+extern const char *const policy_source_labels[];
 extern void policy_tier_defaults(Policy *p, SideEffect side_effect);
 extern void policy_from_columns(Policy *p, HeapTuple tup, TupleDesc desc,
 								int firstcol);
@@ -241,6 +293,19 @@ extern void param_label(Datum *values, char *nulls, int i,
 						const char *const *labels, int index);
 extern void ar_spi_begin(void);
 extern void ar_spi_end(void);
+extern SPIPlanPtr ar_prepare(SPIPlanPtr *cache, const char *sql, int nargs,
+							 const Oid *argtypes);
+extern uint64 ar_execute(SPIPlanPtr plan, Datum *values, const char *nulls,
+						 bool read_only, long count);
+
+/*
+ * The select list that operation_from_row() reads: tenant, key, the
+ * operation's columns, then AR_POLICY_COLUMNS (FROM operations o with
+ * AR_POLICY_JOINS).  Queries may add columns after it.
+ */
+extern const char *const operation_select_list;
+#define AR_OP_SELECT_NCOLUMNS (2 + 20 + AR_POLICY_NCOLUMNS)
+extern void operation_from_row(HeapTuple tup, TupleDesc desc, Operation *op);
 extern bool operation_load(const char *tenant, const char *key, Operation *op);
 extern bool operation_peek(const char *tenant, const char *key, Operation *op);
 extern bool operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
@@ -255,6 +320,18 @@ extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,
 								   const char *reason);
+/*
+ * When a leased or waiting operation becomes actionable: a retry's due
+ * time, a lease's expiry.  Exactly the expression that the partial index
+ * operations_due indexes, so that queries writing it use the index.
+ */
+#define AR_DUE_AT \
+	"(CASE WHEN o.state = 'retry_wait' THEN o.next_attempt_at" \
+	" ELSE o.lease_expires_at END)"
+
+extern void expire_lease(Operation *op, TimestampTz now, Decision *d);
+extern bool retry_too_late(const Operation *op, TimestampTz now);
+extern void dead_letter(Operation *op, const char *reason, TimestampTz now);
 extern void apply_failure(Operation *op, FailureClass failure,
 						  FailurePhase phase, const char *code,
 						  const char *message, int64 retry_after,
@@ -263,6 +340,33 @@ extern void check_fencing(const Operation *op, int64 lease_token);
 extern void check_token(const Operation *op, int64 lease_token);
 extern void report_unknown_key(const char *tenant, const char *key);
 extern bool op_state_terminal(OpState s);
+
+/* claim.c: the transitions of claim(), shared with claim_due() */
+typedef struct ClaimRequest
+{
+	bytea	   *op_hash;
+	const char *tool;
+	const char *run_id;
+	const char *step;
+	const char *owner;
+	int64		lease;			/* USEC_NONE: the policy's */
+	TimestampTz now;
+} ClaimRequest;
+
+typedef struct ClaimAnswer
+{
+	Outcome		outcome;
+	int			attempt;
+	int64		lease_token;	/* -1: none */
+	TimestampTz lease_expires_at;
+	Datum		result;
+	bool		has_result;
+	TimestampTz retry_at;
+	const char *reason;
+} ClaimAnswer;
+
+extern void claim_transition(Operation *op, const ClaimRequest *req,
+							 ClaimAnswer *a);
 
 /* events.c */
 typedef struct EventData

@@ -29,31 +29,6 @@
 
 #include "agentretry.h"
 
-/* An answer of claim(), before it becomes a claim_result row. */
-typedef struct ClaimAnswer
-{
-	Outcome		outcome;
-	int			attempt;
-	int64		lease_token;	/* USEC_NONE-style: -1 = none */
-	TimestampTz lease_expires_at;
-	Datum		result;
-	bool		has_result;
-	TimestampTz retry_at;
-	const char *reason;
-} ClaimAnswer;
-
-/* What the caller asked for, beyond tenant and key. */
-typedef struct ClaimRequest
-{
-	bytea	   *op_hash;
-	const char *tool;
-	const char *run_id;
-	const char *step;
-	const char *owner;
-	int64		lease;			/* USEC_NONE: the policy's */
-	TimestampTz now;
-} ClaimRequest;
-
 /* Retries of the read/insert loop when the row keeps vanishing. */
 #define CLAIM_MAX_TRIES 5
 
@@ -175,17 +150,16 @@ issue_lease(Operation *op, const ClaimRequest *req, bool verification,
 }
 
 /*
- * An expired execution lease: the worker may have died after acting, so
- * it is an ambiguous failure, decided as of the expiry (the backoff runs
- * from then).  A retry already due is executed by this claimant at once.
+ * An expired execution lease is an ambiguous failure decided as of its
+ * expiry (expire_lease); a retry already due is executed by this claimant
+ * at once.
  */
 static void
 take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
 	Decision	d;
 
-	apply_failure(op, FC_AMBIGUOUS, PHASE_UNKNOWN, "lease_expired", NULL,
-				  USEC_NONE, req->now - op->lease_expires_at, req->now, &d);
+	expire_lease(op, req->now, &d);
 	switch (d.action)
 	{
 		case ACT_RETRY:
@@ -208,31 +182,25 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	}
 }
 
-/*
- * A due retry.  The deadline was judged when the retry was scheduled (the
- * decision caps retry_at at the deadline), so a retry that was due within
- * it may start even if its claimant arrives a little after; only one
- * scheduled beyond the deadline (a release after it, say) is refused.
- */
+/* A due retry starts, unless it is too late for the deadline. */
 static void
 start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
-	TimestampTz due = op->next_attempt_at != TS_NONE ? op->next_attempt_at : req->now;
-
-	if (op->deadline != TS_NONE && due > op->deadline)
+	if (retry_too_late(op, req->now))
 	{
-		operation_set_terminal(op, OP_DEAD, "deadline_exceeded");
-		operation_store(op, req->now);
-		record_simple_event("dead", op, op->reason, req->now);
+		dead_letter(op, "deadline_exceeded", req->now);
 		answer_terminal(a, op);
 		return;
 	}
 	issue_lease(op, req, false, a);
 }
 
-/* Under the row lock: answer again, or make the transition. */
-static void
-transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
+/*
+ * Under the row lock: answer again, or make the transition.  Also the
+ * transition of claim_due(), for the rows it locked.
+ */
+void
+claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
 	if (answer_without_transition(op, req->now, a))
 		return;
@@ -338,7 +306,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 				continue;		/* purged meanwhile: insert anew */
 			/* the lock may have been waited for: judge due times from now */
 			req.now = GetCurrentTimestamp();
-			transition(&op, &req, &answer);
+			claim_transition(&op, &req, &answer);
 			break;
 		}
 

@@ -26,35 +26,20 @@
 
 static SPIPlanPtr insert_plan;
 
-static SPIPlanPtr
-event_plan(void)
-{
-	static const Oid argtypes[EVENT_NARGS] = {
-		TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-		INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
-		INT8OID, TEXTOID
-	};
+static const Oid event_argtypes[EVENT_NARGS] = {
+	TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+	INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
+	INT8OID, TEXTOID
+};
 
-	if (insert_plan == NULL)
-	{
-		SPIPlanPtr	plan = SPI_prepare(
-									   "INSERT INTO agentretry.events"
-									   " (tenant, at, kind, key, tool, run_id, step, attempt,"
-									   "  failure_class, failure_phase, code, message, reason,"
-									   "  delay, lease_token, owner)"
-									   " VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-									   "  $9::agentretry.failure_class, $10::agentretry.failure_phase,"
-									   "  $11, $12, $13, $14, $15, $16)",
-									   EVENT_NARGS, (Oid *) argtypes);
-
-		if (plan == NULL)
-			elog(ERROR, "agentretry: SPI_prepare failed: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
-	}
-	return insert_plan;
-}
+#define EVENT_SQL \
+	"INSERT INTO agentretry.events" \
+	" (tenant, at, kind, key, tool, run_id, step, attempt," \
+	"  failure_class, failure_phase, code, message, reason," \
+	"  delay, lease_token, owner)" \
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8," \
+	"  $9::agentretry.failure_class, $10::agentretry.failure_phase," \
+	"  $11, $12, $13, $14, $15, $16)"
 
 /* Append one event; the caller must be SPI-connected. */
 void
@@ -63,7 +48,6 @@ record_event(const EventData *ev)
 	const Operation *op = ev->op;
 	Datum		values[EVENT_NARGS];
 	char		nulls[EVENT_NARGS];
-	int			rc;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(op->tenant);
@@ -83,10 +67,8 @@ record_event(const EventData *ev)
 	values[14] = Int64GetDatum(op->lease_token);
 	param_text(values, nulls, 15, op->lease_owner);
 
-	rc = SPI_execute_plan(event_plan(), values, nulls, false, 0);
-	if (rc != SPI_OK_INSERT)
-		elog(ERROR, "agentretry: could not record event: %s",
-			 SPI_result_code_string(rc));
+	ar_execute(ar_prepare(&insert_plan, EVENT_SQL, EVENT_NARGS, event_argtypes),
+			   values, nulls, false, 0);
 }
 
 /* An event without failure details (claim, replay, complete, release...). */

@@ -61,10 +61,25 @@
 	"o.result, o.run_id, o.step"
 #define OP_NCOLUMNS 20
 
-/* policy columns, appended after OP_COLUMNS by the locking load */
-#define POLICY_COLUMNS \
-	"t.idempotency::text, t.side_effect::text, t.max_attempts, t.base_delay, " \
-	"t.max_delay, t.multiplier, t.jitter::text, t.deadline, t.lease, t.ttl"
+/* what operation_from_row() reads */
+#define OP_SELECT "o.tenant, o.key, " OP_COLUMNS ", " AR_POLICY_COLUMNS
+StaticAssertDecl(AR_OP_SELECT_NCOLUMNS == 2 + OP_NCOLUMNS + AR_POLICY_NCOLUMNS,
+				 "AR_OP_SELECT_NCOLUMNS must count the columns of OP_SELECT");
+
+const char *const operation_select_list = OP_SELECT;
+
+/*
+ * A policy field of the merged policy, in SQL: the tenant's row for the
+ * tool, the tenant's row for every tool, the tool's row, in that order.
+ * For the hot statements (a new key, complete), which need one field and
+ * not the whole policy.
+ */
+#define TENANT_FIELD(field, tenant, tool) \
+	"(SELECT p." field " FROM agentretry.tenant_policies p" \
+	" WHERE p.tenant = " tenant " AND p.tool = " tool "), " \
+	"(SELECT p." field " FROM agentretry.tenant_policies p" \
+	" WHERE p.tenant = " tenant " AND p.tool = '*'), " \
+	"(SELECT t." field " FROM agentretry.tools t WHERE t.name = " tool ")"
 
 /* the fencing check is the WHERE clause */
 #define COMPLETE_SQL \
@@ -72,8 +87,8 @@
 	" state = 'succeeded', result = $4, compensate_tool = $5," \
 	" compensate_args = $6, reason = $7, lease_expires_at = NULL," \
 	" next_attempt_at = NULL, completed_at = $8, updated_at = $8," \
-	" expires_at = $8 + coalesce((SELECT t.ttl FROM agentretry.tools t" \
-	"                             WHERE t.name = o.tool), $9)" \
+	" state_since = $8," \
+	" expires_at = $8 + coalesce(" TENANT_FIELD("ttl", "o.tenant", "o.tool") ", $9)" \
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
 	" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
 
@@ -97,9 +112,8 @@ typedef struct PlanDef
 
 static const PlanDef plan_defs[NUM_PLANS] = {
 	[PLAN_LOAD_LOCK] = {
-		"SELECT " OP_COLUMNS ", " POLICY_COLUMNS
-		" FROM agentretry.operations o"
-		" LEFT JOIN agentretry.tools t ON t.name = o.tool"
+		"SELECT " OP_SELECT
+		" FROM agentretry.operations o" AR_POLICY_JOINS
 		" WHERE o.tenant = $1 AND o.key = $2 FOR UPDATE OF o",
 		2, {TEXTOID, TEXTOID}
 	},
@@ -107,11 +121,11 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		"INSERT INTO agentretry.operations AS o"
 		" (tenant, key, op_hash, args, tool, state, attempts, lease_token,"
 		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
-		"  deadline, run_id, step, created_at, updated_at)"
+		"  deadline, run_id, step, created_at, updated_at, state_since)"
 		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1, 1, $6,"
-		"  $7 + coalesce($8, (SELECT t.lease FROM agentretry.tools t WHERE t.name = $5), $9),"
-		"  $7, $7, $7 + (SELECT t.deadline FROM agentretry.tools t WHERE t.name = $5),"
-		"  $10, $11, $7, $7)"
+		"  $7 + coalesce($8, " TENANT_FIELD("lease", "$1", "$5") ", $9),"
+		"  $7, $7, $7 + coalesce(" TENANT_FIELD("deadline", "$1", "$5") "),"
+		"  $10, $11, $7, $7, $7)"
 		" ON CONFLICT (tenant, key) DO NOTHING"
 		" RETURNING o.lease_expires_at, o.deadline",
 		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID,
@@ -126,12 +140,14 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" last_failure_phase = $12::agentretry.failure_phase,"
 		" last_failure_code = $13, last_failure_message = $14,"
 		" last_delay = $15, reason = $16, completed_at = $17,"
-		" expires_at = $18, updated_at = $19"
+		" expires_at = $18, updated_at = $19, deadline = $20,"
+		" state_since = CASE WHEN state = $3::agentretry.operation_state"
+		"                    THEN state_since ELSE $19 END"
 		" WHERE tenant = $1 AND key = $2",
-		19, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
+		20, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
 			TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID,
-		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
 	[PLAN_COMPLETE] = {
 		COMPLETE_SQL,
@@ -198,34 +214,48 @@ ar_spi_end(void)
 	SPI_finish();
 }
 
-static SPIPlanPtr
-get_plan(int which)
+/*
+ * Prepare sql once per backend into *cache and keep it: the plan cache
+ * revalidates it after DDL.  Must run under ar_spi_begin(), so that the
+ * plan is made with search_path pinned.
+ */
+SPIPlanPtr
+ar_prepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
 {
-	if (plans[which] == NULL)
+	if (*cache == NULL)
 	{
-		const PlanDef *def = &plan_defs[which];
-		SPIPlanPtr	plan = SPI_prepare(def->sql, def->nargs,
-									   (Oid *) def->argtypes);
+		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
 
 		if (plan == NULL)
 			elog(ERROR, "agentretry: SPI_prepare failed: %s",
 				 SPI_result_code_string(SPI_result));
 		SPI_keepplan(plan);
-		plans[which] = plan;
+		*cache = plan;
 	}
-	return plans[which];
+	return *cache;
 }
 
-static int
-run_plan(int which, Datum *values, const char *nulls, bool read_only)
+/* Run a prepared plan; returns SPI_processed. */
+uint64
+ar_execute(SPIPlanPtr plan, Datum *values, const char *nulls, bool read_only,
+		   long count)
 {
-	int			rc = SPI_execute_plan(get_plan(which), values, nulls,
-									  read_only, 0);
+	int			rc = SPI_execute_plan(plan, values, nulls, read_only, count);
 
 	if (rc < 0)
 		elog(ERROR, "agentretry: SPI_execute_plan failed: %s",
 			 SPI_result_code_string(rc));
-	return rc;
+	return SPI_processed;
+}
+
+static uint64
+run_plan(int which, Datum *values, const char *nulls, bool read_only)
+{
+	const PlanDef *def = &plan_defs[which];
+
+	return ar_execute(ar_prepare(&plans[which], def->sql, def->nargs,
+								 def->argtypes),
+					  values, nulls, read_only, 0);
 }
 
 /* column readers: NULL maps to the "none" marker of each C type */
@@ -248,8 +278,26 @@ col_ts(HeapTuple tup, TupleDesc desc, int col)
 }
 
 /*
+ * Fill op and op->policy from a row of operation_select_list.
+ */
+void
+operation_from_row(HeapTuple tup, TupleDesc desc, Operation *op)
+{
+	Datum		v[OP_NCOLUMNS];
+	bool		n[OP_NCOLUMNS];
+	int			i;
+
+	op->tenant = col_text(tup, desc, 1);
+	op->key = col_text(tup, desc, 2);
+	for (i = 0; i < OP_NCOLUMNS; i++)
+		v[i] = SPI_getbinval(tup, desc, i + 3, &n[i]);
+	fill_operation(op, v, n);
+	policy_from_columns(&op->policy, tup, desc, OP_NCOLUMNS + 3);
+}
+
+/*
  * Read the operation (tenant, key) into op with its row locked FOR UPDATE
- * (waiting for a concurrent holder), and its tool's policy into
+ * (waiting for a concurrent holder), and its merged policy into
  * op->policy.  Returns false when the key does not exist.
  */
 bool
@@ -259,24 +307,9 @@ operation_load(const char *tenant, const char *key, Operation *op)
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(key);
-	run_plan(PLAN_LOAD_LOCK, values, NULL, false);
-	if (SPI_processed == 0)
+	if (run_plan(PLAN_LOAD_LOCK, values, NULL, false) == 0)
 		return false;
-
-	op->tenant = pstrdup(tenant);
-	op->key = pstrdup(key);
-	{
-		Datum		v[OP_NCOLUMNS];
-		bool		n[OP_NCOLUMNS];
-		int			i;
-
-		for (i = 0; i < OP_NCOLUMNS; i++)
-			v[i] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc,
-								 i + 1, &n[i]);
-		fill_operation(op, v, n);
-	}
-	policy_from_columns(&op->policy, SPI_tuptable->vals[0],
-						SPI_tuptable->tupdesc, OP_NCOLUMNS + 1);
+	operation_from_row(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, op);
 	return true;
 }
 
@@ -479,8 +512,7 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	param_text(values, nulls, 9, op->run_id);
 	param_text(values, nulls, 10, op->step);
 
-	run_plan(PLAN_INSERT, values, nulls, false);
-	if (SPI_processed == 0)
+	if (run_plan(PLAN_INSERT, values, nulls, false) == 0)
 		return false;
 
 	tup = SPI_tuptable->vals[0];
@@ -542,14 +574,15 @@ param_label(Datum *values, char *nulls, int i, const char *const *labels,
 /*
  * Write back every mutable column of op (all but result and compensation,
  * which only operation_complete sets).  The row must be locked by
- * operation_load(), whose policy supplies the TTL of a terminal
- * row.
+ * operation_load() or a locking query of operation_select_list, whose
+ * policy supplies the TTL of a terminal row.  state_since moves only when
+ * the state does.
  */
 void
 operation_store(const Operation *op, TimestampTz now)
 {
-	Datum		values[19];
-	char		nulls[19];
+	Datum		values[20];
+	char		nulls[20];
 	bool		terminal = op_state_terminal(op->state);
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -572,9 +605,9 @@ operation_store(const Operation *op, TimestampTz now)
 	param_ts(values, nulls, 16, terminal ? now : TS_NONE);
 	param_ts(values, nulls, 17, terminal ? ts_add_usec(now, op->policy.ttl) : TS_NONE);
 	values[18] = TimestampTzGetDatum(now);
+	param_ts(values, nulls, 19, op->deadline);
 
-	run_plan(PLAN_STORE, values, nulls, false);
-	if (SPI_processed != 1)
+	if (run_plan(PLAN_STORE, values, nulls, false) != 1)
 		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
 }
 
@@ -614,8 +647,8 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
 
-	run_plan(for_event ? PLAN_COMPLETE_RETURNING : PLAN_COMPLETE, values, nulls, false);
-	if (SPI_processed == 0)
+	if (run_plan(for_event ? PLAN_COMPLETE_RETURNING : PLAN_COMPLETE,
+				 values, nulls, false) == 0)
 		return false;
 	op->state = OP_SUCCEEDED;
 	op->lease_token = lease_token;
@@ -642,8 +675,7 @@ operation_row(const char *tenant, const char *key, bool *found)
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(key);
-	run_plan(PLAN_ROW, values, NULL, true);
-	*found = SPI_processed > 0;
+	*found = run_plan(PLAN_ROW, values, NULL, true) > 0;
 	if (!*found)
 		return (Datum) 0;
 	return SPI_datumTransfer(SPI_getbinval(SPI_tuptable->vals[0],
@@ -696,6 +728,45 @@ operation_set_terminal(Operation *op, OpState state, const char *reason)
 	op->reason = (char *) reason;
 	op->lease_expires_at = TS_NONE;
 	op->next_attempt_at = TS_NONE;
+}
+
+/*
+ * An execution lease that expired: the worker may have died after acting,
+ * so it is an ambiguous failure, decided as of the expiry (the backoff runs
+ * from then).  The caller stores op.
+ */
+void
+expire_lease(Operation *op, TimestampTz now, Decision *d)
+{
+	apply_failure(op, FC_AMBIGUOUS, PHASE_UNKNOWN, "lease_expired", NULL,
+				  USEC_NONE, now - op->lease_expires_at, now, d);
+}
+
+/*
+ * May a waiting retry of op still start at now?  The deadline is judged
+ * when a retry is scheduled (the decision caps retry_at at it), so a retry
+ * due within the deadline may start a little after it, for
+ * agentretry.deadline_grace; one due beyond the deadline (a release after
+ * it) may not.  The sweep dead-letters by the same rule.
+ */
+bool
+retry_too_late(const Operation *op, TimestampTz now)
+{
+	TimestampTz due = op->next_attempt_at != TS_NONE ? op->next_attempt_at : now;
+
+	if (op->deadline == TS_NONE)
+		return false;
+	return due > op->deadline ||
+		now > ts_add_usec(op->deadline, (int64) ar_deadline_grace_sec * USECS_PER_SEC);
+}
+
+/* End op as dead for reason, store it and trace it. */
+void
+dead_letter(Operation *op, const char *reason, TimestampTz now)
+{
+	operation_set_terminal(op, OP_DEAD, reason);
+	operation_store(op, now);
+	record_simple_event("dead", op, reason, now);
 }
 
 /*

@@ -1,13 +1,14 @@
 /*-------------------------------------------------------------------------
  *
  * policy.c
- *	  Retry policies: the built-in tier defaults and their merge with a
- *	  tool's registered fields.
+ *	  Retry policies: the built-in tier defaults merged with a tool's
+ *	  registered fields and the tenant's overrides.
  *
- * A tool's policy fields are stored as given (NULL = not set) and merged at
- * decision time, so changing a tier default or a tool affects operations
- * already in flight, and "where did this value come from" stays answerable.
- * An unregistered tool is unknown / write.
+ * Policy fields are stored as given (NULL = not set) and merged at decision
+ * time, field by field: tier default < tool < tenant (tool '*') < tenant
+ * and tool.  So changing a tool or a tenant policy affects operations
+ * already in flight, and "where did this value come from" stays answerable
+ * (effective_policy).  An unregistered tool is unknown / write.
  *
  *	  tier  side effect   max_attempts  base / cap     jitter
  *	  1     read          6             200 ms / 30 s  full
@@ -20,9 +21,11 @@
  */
 #include "postgres.h"
 
+#include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "funcapi.h"
 #include "utils/builtins.h"
+#include "utils/float.h"
 #include "utils/timestamp.h"
 
 #include "agentretry.h"
@@ -44,10 +47,19 @@ static const TierDefault tier_defaults[] = {
 
 #define DEFAULT_MULTIPLIER 2.0
 
+const char *const policy_source_labels[] = {
+	[SRC_DEFAULT] = "default",
+	[SRC_TOOL] = "tool",
+	[SRC_TENANT] = "tenant",
+	[SRC_TENANT_TOOL] = "tenant_tool",
+	NULL
+};
+
 void
 policy_tier_defaults(Policy *p, SideEffect side_effect)
 {
 	const TierDefault *t = &tier_defaults[side_effect];
+	int			i;
 
 	p->registered = false;
 	p->idempotency = IDEM_UNKNOWN;
@@ -60,53 +72,89 @@ policy_tier_defaults(Policy *p, SideEffect side_effect)
 	p->deadline = USEC_NONE;
 	p->lease = (int64) ar_default_lease_sec * USECS_PER_SEC;
 	p->ttl = (int64) ar_default_ttl_sec * USECS_PER_SEC;
+	p->compensate_tool = NULL;
+	for (i = 0; i < PF_COUNT; i++)
+		p->source[i] = SRC_DEFAULT;
 }
 
-static bool
-column_interval(HeapTuple tup, TupleDesc desc, int col, int64 *usec)
+static void
+take_interval(Policy *p, PolicyField f, int64 *field, HeapTuple tup,
+			  TupleDesc desc, int col, PolicySource source)
 {
 	bool		isnull;
 	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
 
-	if (!isnull)
-		*usec = interval_usec(DatumGetIntervalP(d));
-	return !isnull;
+	if (isnull)
+		return;
+	*field = interval_usec(DatumGetIntervalP(d));
+	p->source[f] = source;
 }
 
 /*
- * Fill p from ten columns starting at firstcol (1-based): idempotency,
- * side_effect, max_attempts, base_delay, max_delay, multiplier, jitter,
- * deadline, lease, ttl, enums as text; all NULL for an unregistered tool.
+ * Overlay one level of AR_POLICY_LEVEL (9 columns from col) on p: every
+ * field the level sets replaces what lower levels gave.
+ */
+static void
+apply_level(Policy *p, HeapTuple tup, TupleDesc desc, int col,
+			PolicySource source)
+{
+	bool		isnull;
+	Datum		d;
+	char	   *text;
+
+	d = SPI_getbinval(tup, desc, col, &isnull);
+	if (!isnull)
+	{
+		p->max_attempts = DatumGetInt32(d);
+		p->source[PF_MAX_ATTEMPTS] = source;
+	}
+	take_interval(p, PF_BASE_DELAY, &p->base_delay, tup, desc, col + 1, source);
+	take_interval(p, PF_MAX_DELAY, &p->max_delay, tup, desc, col + 2, source);
+	d = SPI_getbinval(tup, desc, col + 3, &isnull);
+	if (!isnull)
+	{
+		p->multiplier = DatumGetFloat8(d);
+		p->source[PF_MULTIPLIER] = source;
+	}
+	if ((text = SPI_getvalue(tup, desc, col + 4)) != NULL)
+	{
+		p->jitter = (JitterMode) label_index(jitter_labels, text);
+		p->source[PF_JITTER] = source;
+	}
+	take_interval(p, PF_DEADLINE, &p->deadline, tup, desc, col + 5, source);
+	take_interval(p, PF_LEASE, &p->lease, tup, desc, col + 6, source);
+	take_interval(p, PF_TTL, &p->ttl, tup, desc, col + 7, source);
+	if ((text = SPI_getvalue(tup, desc, col + 8)) != NULL)
+	{
+		p->compensate_tool = text;
+		p->source[PF_COMPENSATE_TOOL] = source;
+	}
+}
+
+/*
+ * Fill p from the AR_POLICY_COLUMNS starting at firstcol (1-based): the
+ * tool's idempotency and side effect (NULL for an unregistered tool), then
+ * the levels tool, tenant-wide and tenant+tool, merged in that order over
+ * the tier default.
  */
 void
 policy_from_columns(Policy *p, HeapTuple tup, TupleDesc desc, int firstcol)
 {
 	char	   *idem = SPI_getvalue(tup, desc, firstcol);
 	char	   *se = SPI_getvalue(tup, desc, firstcol + 1);
-	char	   *jitter;
-	bool		isnull;
-	Datum		d;
+	int			level = firstcol + 2;
 
 	policy_tier_defaults(p, se ? (SideEffect) label_index(side_effect_labels, se) : SE_WRITE);
-	if (idem == NULL)
-		return;
-	p->registered = true;
-	p->idempotency = (Idempotency) label_index(idempotency_labels, idem);
-
-	d = SPI_getbinval(tup, desc, firstcol + 2, &isnull);
-	if (!isnull)
-		p->max_attempts = DatumGetInt32(d);
-	column_interval(tup, desc, firstcol + 3, &p->base_delay);
-	column_interval(tup, desc, firstcol + 4, &p->max_delay);
-	d = SPI_getbinval(tup, desc, firstcol + 5, &isnull);
-	if (!isnull)
-		p->multiplier = DatumGetFloat8(d);
-	jitter = SPI_getvalue(tup, desc, firstcol + 6);
-	if (jitter)
-		p->jitter = (JitterMode) label_index(jitter_labels, jitter);
-	column_interval(tup, desc, firstcol + 7, &p->deadline);
-	column_interval(tup, desc, firstcol + 8, &p->lease);
-	column_interval(tup, desc, firstcol + 9, &p->ttl);
+	if (idem != NULL)
+	{
+		p->registered = true;
+		p->idempotency = (Idempotency) label_index(idempotency_labels, idem);
+		p->source[PF_IDEMPOTENCY] = SRC_TOOL;
+		p->source[PF_SIDE_EFFECT] = SRC_TOOL;
+	}
+	apply_level(p, tup, desc, level, SRC_TOOL);
+	apply_level(p, tup, desc, level + AR_POLICY_LEVEL_NCOLUMNS, SRC_TENANT);
+	apply_level(p, tup, desc, level + 2 * AR_POLICY_LEVEL_NCOLUMNS, SRC_TENANT_TOOL);
 }
 
 PG_FUNCTION_INFO_V1(agentretry_tier_defaults);
@@ -145,5 +193,81 @@ agentretry_tier_defaults(PG_FUNCTION_ARGS)
 			nulls[2] = nulls[3] = nulls[4] = nulls[5] = true;
 		tuplestore_putvalues(rsinfo->setResult, desc, values, nulls);
 	}
+	return (Datum) 0;
+}
+
+static SPIPlanPtr effective_plan;
+
+static char *
+usec_text(int64 usec)
+{
+	if (usec == USEC_NONE)
+		return NULL;
+	return DatumGetCString(DirectFunctionCall1(interval_out,
+											   IntervalPGetDatum(usec_interval(usec))));
+}
+
+static void
+put_field(ReturnSetInfo *rsinfo, const Policy *p, PolicyField f,
+		  const char *name, const char *value)
+{
+	Datum		values[3];
+	bool		nulls[3] = {false, value == NULL, false};
+
+	values[0] = CStringGetTextDatum(name);
+	values[1] = value ? CStringGetTextDatum(value) : (Datum) 0;
+	values[2] = CStringGetTextDatum(policy_source_labels[p->source[f]]);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_effective_policy);
+
+/*
+ * effective_policy(tenant text DEFAULT NULL, tool text DEFAULT 'default')
+ *		returns table (field text, value text, source text)
+ *
+ * The policy that decisions for this tenant's tool use, one row per field,
+ * with where each value came from: default (tier default or GUC), tool,
+ * tenant (the tenant's override for every tool) or tenant_tool.  Read
+ * through the same merge as the decisions, so it cannot disagree with
+ * them.
+ */
+Datum
+agentretry_effective_policy(PG_FUNCTION_ARGS)
+{
+	static const Oid argtypes[2] = {TEXTOID, TEXTOID};
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *tenant = arg_tenant(fcinfo, 0);
+	char	   *tool = arg_name(fcinfo, 1, "tool", AR_DEFAULT_TOOL, AR_MAX_NAME_LEN);
+	Datum		values[2];
+	Policy		p;
+	char		buf[32];
+
+	InitMaterializedSRF(fcinfo, 0);
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = CStringGetTextDatum(tool);
+	ar_spi_begin();
+	ar_execute(ar_prepare(&effective_plan,
+						  "SELECT " AR_POLICY_COLUMNS
+						  " FROM (SELECT $1::text AS tenant, $2::text AS tool) o"
+						  AR_POLICY_JOINS,
+						  2, argtypes),
+			   values, NULL, true, 0);
+	policy_from_columns(&p, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
+
+	put_field(rsinfo, &p, PF_IDEMPOTENCY, "idempotency", idempotency_labels[p.idempotency]);
+	put_field(rsinfo, &p, PF_SIDE_EFFECT, "side_effect", side_effect_labels[p.side_effect]);
+	snprintf(buf, sizeof(buf), "%d", p.max_attempts);
+	put_field(rsinfo, &p, PF_MAX_ATTEMPTS, "max_attempts", buf);
+	put_field(rsinfo, &p, PF_BASE_DELAY, "base_delay", usec_text(p.base_delay));
+	put_field(rsinfo, &p, PF_MAX_DELAY, "max_delay", usec_text(p.max_delay));
+	put_field(rsinfo, &p, PF_MULTIPLIER, "multiplier",
+			  DatumGetCString(DirectFunctionCall1(float8out, Float8GetDatum(p.multiplier))));
+	put_field(rsinfo, &p, PF_JITTER, "jitter", jitter_labels[p.jitter]);
+	put_field(rsinfo, &p, PF_DEADLINE, "deadline", usec_text(p.deadline));
+	put_field(rsinfo, &p, PF_LEASE, "lease", usec_text(p.lease));
+	put_field(rsinfo, &p, PF_TTL, "ttl", usec_text(p.ttl));
+	put_field(rsinfo, &p, PF_COMPENSATE_TOOL, "compensate_tool", p.compensate_tool);
+	ar_spi_end();
 	return (Datum) 0;
 }

@@ -1,0 +1,159 @@
+/*-------------------------------------------------------------------------
+ *
+ * operator.c
+ *	  requeue() and cancel(): what an operator does with an operation that
+ *	  is stuck (dead-lettered, awaiting verification, or unwanted).
+ *
+ * Both lock the row like every transition and are always traced, with the
+ * operator's role as the event's owner.
+ *
+ * src/operator.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "fmgr.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+/* Lock the operation for an operator action, or raise AR003. */
+static TimestampTz
+load_for_operator(const char *tenant, const char *key, Operation *op)
+{
+	if (!operation_load(tenant, key, op))
+		report_unknown_key(tenant, key);
+	return GetCurrentTimestamp();	/* after any wait for the row lock */
+}
+
+static void
+report_operator_state(const char *action, const Operation *op,
+					  const char *hint)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_AR_INVALID_STATE),
+			 errmsg("cannot %s operation \"%s\" because it is %s",
+					action, op->key, op_state_labels[op->state]),
+			 errhint("%s", hint)));
+}
+
+/* the event of an operator action names the operator, not a worker */
+static void
+trace_operator(const char *kind, Operation *op, const char *reason,
+			   TimestampTz now)
+{
+	op->lease_owner = GetUserNameFromId(GetOuterUserId(), false);
+	record_simple_event(kind, op, reason, now);
+}
+
+static Datum
+state_datum(FunctionCallInfo fcinfo, OpState state)
+{
+	return label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
+							op_state_labels[state]);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_requeue);
+
+/*
+ * requeue(key text, tenant text DEFAULT NULL, reset_attempts boolean
+ *		   DEFAULT false) returns operation_state
+ *
+ * Makes a dead, cancelled, waiting or unverified operation due now
+ * (retry_wait), for claim_due() or a claim to run again.  The lease token
+ * moves on, fencing out any earlier holder (a verifier that has not
+ * resolved, say); the deadline restarts from now; with reset_attempts the
+ * attempt count and backoff start again too, else the next attempt is
+ * counted after the earlier ones (so a requeue of an operation that used
+ * up max_attempts gives it one more attempt).  Raises AR004 for a succeeded
+ * operation (its effect happened: claim a new key to act again), one held
+ * under a live lease, and one being verified.
+ */
+Datum
+agentretry_requeue(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0);
+	char	   *tenant = arg_tenant(fcinfo, 1);
+	bool		reset;
+	Operation	op;
+	TimestampTz now;
+	Datum		result;
+
+	check_not_null(fcinfo, 2, "reset_attempts");
+	reset = PG_GETARG_BOOL(2);
+
+	ar_spi_begin();
+	now = load_for_operator(tenant, key, &op);
+	if (op.state == OP_SUCCEEDED)
+		report_operator_state("requeue", &op,
+							  "A succeeded operation is never repeated; claim a new key to act again.");
+	if (op.state == OP_IN_PROGRESS)
+		report_operator_state("requeue", &op,
+							  "A worker holds its lease; cancel it, or let the lease end (the sweep decides expired leases).");
+	if (op.state == OP_VERIFY && op.lease_expires_at != TS_NONE &&
+		op.lease_expires_at > now)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_INVALID_STATE),
+				 errmsg("cannot requeue operation \"%s\" while it is being verified", key),
+				 errhint("Wait for the verifier to resolve it or for its lease to end.")));
+
+	op.state = OP_RETRY_WAIT;
+	op.next_attempt_at = now;
+	op.lease_token++;
+	op.lease_owner = NULL;
+	op.lease_expires_at = TS_NONE;
+	op.reason = "requeued";
+	op.deadline = op.policy.deadline != USEC_NONE ?
+		ts_add_usec(now, op.policy.deadline) : TS_NONE;
+	if (reset)
+	{
+		op.attempts = 0;
+		op.last_delay = USEC_NONE;
+	}
+	operation_store(&op, now);
+	trace_operator("requeue", &op, reset ? "requeued_reset" : "requeued", now);
+	result = state_datum(fcinfo, op.state);
+	ar_spi_end();
+	PG_RETURN_DATUM(result);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_cancel);
+
+/*
+ * cancel(key text, tenant text DEFAULT NULL, reason text DEFAULT NULL)
+ *		  returns operation_state
+ *
+ * Ends an operation that has not succeeded: it becomes cancelled with
+ * reason (default 'cancelled'), claims of the key answer cancelled, and a
+ * worker still holding a lease can no longer record anything (AR002).
+ * Cancelling a dead operation acknowledges it.  Raises AR004 for a
+ * succeeded or already cancelled operation.
+ */
+Datum
+agentretry_cancel(PG_FUNCTION_ARGS)
+{
+	char	   *key = arg_key(fcinfo, 0);
+	char	   *tenant = arg_tenant(fcinfo, 1);
+	char	   *reason = arg_name(fcinfo, 2, "reason", "cancelled", AR_MAX_KEY_LEN);
+	Operation	op;
+	TimestampTz now;
+	Datum		result;
+
+	ar_spi_begin();
+	now = load_for_operator(tenant, key, &op);
+	if (op.state == OP_SUCCEEDED || op.state == OP_CANCELLED)
+		report_operator_state("cancel", &op,
+							  op.state == OP_SUCCEEDED ?
+							  "Its effect happened; compensate it instead if it must be undone." :
+							  "Nothing is left to cancel.");
+	operation_set_terminal(&op, OP_CANCELLED, reason);
+	operation_store(&op, now);
+	trace_operator("cancel", &op, reason, now);
+	result = state_datum(fcinfo, op.state);
+	ar_spi_end();
+	PG_RETURN_DATUM(result);
+}

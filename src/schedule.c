@@ -1,0 +1,213 @@
+/*-------------------------------------------------------------------------
+ *
+ * schedule.c
+ *	  claim_due(): lease the retries that agentretry scheduled.
+ *
+ * Retry workers poll claim_due() (or LISTEN on channel agentretry, which
+ * the sweep notifies).  One query finds due rows through the partial index
+ * operations_due, oldest due first, and locks them FOR UPDATE SKIP LOCKED:
+ * a row another worker (or a claim, a sweep, an operator) holds is passed
+ * over, never waited for, so concurrent workers never block each other and
+ * never lease one row twice.  Each locked row then goes through the same
+ * transition as claim() (claim_transition), so a due retry past its
+ * deadline is dead-lettered and an expired lease is decided as an
+ * ambiguous failure exactly as a claim would.
+ *
+ * src/schedule.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+#define CLAIM_DUE_MAX 1000
+
+/*
+ * Expired leases are taken only for idempotent tools: for the others the
+ * decision is a verification, which a retry worker cannot do (the sweep
+ * makes it; a claim of the key hands it out).
+ */
+#define DUE_SQL \
+	"SELECT %s, o.args FROM agentretry.operations o" AR_POLICY_JOINS \
+	" WHERE o.tenant = $1 AND o.state IN ('in_progress', 'retry_wait')" \
+	" AND " AR_DUE_AT " <= $2" \
+	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))" \
+	" AND (o.state = 'retry_wait' OR t.idempotency = 'idempotent')" \
+	" ORDER BY " AR_DUE_AT \
+	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+
+static SPIPlanPtr due_plan;
+
+static SPIPlanPtr
+prepare_due_plan(void)
+{
+	static const Oid argtypes[4] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTARRAYOID};
+
+	if (due_plan == NULL)
+		return ar_prepare(&due_plan, psprintf(DUE_SQL, operation_select_list),
+						  4, argtypes);
+	return due_plan;
+}
+
+/* max: 1 to CLAIM_DUE_MAX */
+static int
+arg_max(FunctionCallInfo fcinfo, int argno, int limit)
+{
+	int			max;
+
+	check_not_null(fcinfo, argno, "max");
+	max = PG_GETARG_INT32(argno);
+	if (max < 1 || max > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max must be between 1 and %d", limit),
+				 errdetail("max is %d.", max)));
+	return max;
+}
+
+/* tools: NULL for every tool, else an array without NULLs */
+static Datum
+arg_tools(FunctionCallInfo fcinfo, int argno, bool *isnull)
+{
+	ArrayType  *arr;
+
+	*isnull = PG_ARGISNULL(argno);
+	if (*isnull)
+		return (Datum) 0;
+	arr = PG_GETARG_ARRAYTYPE_P(argno);
+	if (array_contains_nulls(arr))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("tools must not contain NULL")));
+	return PointerGetDatum(arr);
+}
+
+static void
+put_leased(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
+		   const ClaimAnswer *a)
+{
+	Datum		values[9];
+	bool		nulls[9];
+
+	memset(nulls, false, sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = CStringGetTextDatum(op->tool);
+	values[3] = args;
+	values[4] = Int32GetDatum(a->attempt);
+	values[5] = Int64GetDatum(a->lease_token);
+	values[6] = TimestampTzGetDatum(a->lease_expires_at);
+	values[7] = op->run_id ? CStringGetTextDatum(op->run_id) : (Datum) 0;
+	nulls[7] = op->run_id == NULL;
+	values[8] = op->step ? CStringGetTextDatum(op->step) : (Datum) 0;
+	nulls[8] = op->step == NULL;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/*
+ * Lock up to want due rows and make their transitions; returns how many
+ * rows were locked (0: nothing due is left that nobody holds) and adds
+ * the leases to the result.
+ */
+static uint64
+lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
+				bool tools_null, int want, const ClaimRequest *req,
+				int *leased)
+{
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', tools_null ? 'n' : ' '};
+	SPITupleTable *rows;
+	uint64		n;
+	uint64		i;
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = TimestampTzGetDatum(req->now);
+	values[2] = Int32GetDatum(want);
+	values[3] = tools;
+	n = ar_execute(prepare_due_plan(), values, nulls, false, 0);
+	rows = SPI_tuptable;		/* kept until SPI_finish; later calls make new ones */
+
+	for (i = 0; i < n; i++)
+	{
+		Operation	op;
+		ClaimAnswer a;
+		bool		isnull;
+		Datum		args;
+
+		memset(&op, 0, sizeof(op));
+		operation_from_row(rows->vals[i], rows->tupdesc, &op);
+		args = SPI_getbinval(rows->vals[i], rows->tupdesc,
+							 AR_OP_SELECT_NCOLUMNS + 1, &isnull);
+		claim_transition(&op, req, &a);
+		if (a.outcome == OUT_EXECUTE)
+		{
+			put_leased(rsinfo, &op, args, &a);
+			(*leased)++;
+		}
+	}
+	return n;
+}
+
+PG_FUNCTION_INFO_V1(agentretry_claim_due);
+
+/*
+ * claim_due(owner text, max integer DEFAULT 10, tools text[] DEFAULT NULL,
+ *			 tenant text DEFAULT NULL, lease interval DEFAULT NULL)
+ *		returns table (tenant, key, tool, args, attempt, lease_token,
+ *					   lease_expires_at, run_id, step)
+ *
+ * Leases up to max due operations of the tenant for owner: retries whose
+ * next_attempt_at has passed and expired leases of idempotent tools,
+ * oldest due first, optionally only of the given tools.  The caller runs
+ * each as claim()'s execute outcome: act, then complete() or fail() with
+ * the lease_token.  Rows that other transactions hold are skipped, not
+ * waited for.  A row whose transition does not end in a lease (a retry
+ * past its deadline is dead-lettered, an expired lease may be rescheduled)
+ * is not returned; the function then looks further, up to a bounded amount
+ * of work per call, so it may return fewer than max rows while some are
+ * due.
+ */
+Datum
+agentretry_claim_due(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
+	char	   *tenant = arg_tenant(fcinfo, 3);
+	bool		tools_null;
+	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
+	ClaimRequest req;
+	int			leased = 0;
+	uint64		examined = 0;
+
+	memset(&req, 0, sizeof(req));
+	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
+	if (req.owner == NULL)
+		req.owner = GetUserNameFromId(GetOuterUserId(), false);
+	req.lease = arg_lease_usec(fcinfo, 4, "lease");
+	req.now = GetCurrentTimestamp();
+
+	InitMaterializedSRF(fcinfo, 0);
+	ar_spi_begin();
+	/* rows that end without a lease do not count; bound the extra work */
+	while (leased < max && examined < (uint64) max * 4)
+	{
+		uint64		n = lease_due_batch(rsinfo, tenant, tools, tools_null,
+										max - leased, &req, &leased);
+
+		if (n == 0)
+			break;
+		examined += n;
+	}
+	ar_spi_end();
+	return (Datum) 0;
+}

@@ -1,0 +1,216 @@
+/*-------------------------------------------------------------------------
+ *
+ * sweep.c
+ *	  sweep(): the background housekeeping that pg_cron runs every minute.
+ *
+ * Four bounded steps, each reading only the rows it acts on through a
+ * partial index (operations_due, operations_expiry, events_at), so its cost
+ * follows the number of due rows, not the size of the tables:
+ *
+ *	1. expired execution leases are decided as ambiguous failures (as a
+ *	   claim finding them would), at most max;
+ *	2. retries waiting past their deadline (and its grace) are
+ *	   dead-lettered, at most max;
+ *	3. terminal operations past their TTL are deleted, at most max;
+ *	4. events past agentretry.event_retention are deleted, at most max.
+ *
+ * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
+ * under the lock, so two overlapping sweeps (or a sweep and a worker) never
+ * act on one row twice and never wait for each other.  Locks last until
+ * the caller's transaction ends: one call is one batch.  Last, the number
+ * of due retries is sent on channel agentretry (at commit), to wake
+ * workers that LISTEN.
+ *
+ * src/sweep.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "commands/async.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "utils/builtins.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+#define SWEEP_MAX 100000
+
+/* $1 now, $2 max; both queries re-check their condition under the lock */
+#define EXPIRED_LEASES_SQL \
+	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
+	" WHERE o.state IN ('in_progress', 'retry_wait')" \
+	" AND o.state = 'in_progress' AND " AR_DUE_AT " <= $1" \
+	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+
+/* $3: now - deadline_grace */
+#define PAST_DEADLINE_SQL \
+	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
+	" WHERE o.state IN ('in_progress', 'retry_wait')" \
+	" AND o.state = 'retry_wait' AND " AR_DUE_AT " <= $1" \
+	" AND o.deadline < $3" \
+	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+
+#define PURGE_OPERATIONS_SQL \
+	"DELETE FROM agentretry.operations o USING (" \
+	"  SELECT x.tenant, x.key FROM agentretry.operations x" \
+	"  WHERE x.expires_at <= $1 ORDER BY x.expires_at LIMIT $2" \
+	"  FOR UPDATE SKIP LOCKED) d" \
+	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1"
+
+#define PURGE_EVENTS_SQL \
+	"DELETE FROM agentretry.events e USING (" \
+	"  SELECT x.tenant, x.id FROM agentretry.events x" \
+	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2" \
+	"  FOR UPDATE SKIP LOCKED) d" \
+	" WHERE e.tenant = d.tenant AND e.id = d.id"
+
+#define DUE_COUNT_SQL \
+	"SELECT count(*) FROM agentretry.operations o" \
+	" WHERE o.state IN ('in_progress', 'retry_wait')" \
+	" AND o.state = 'retry_wait' AND " AR_DUE_AT " <= $1"
+
+static SPIPlanPtr expired_plan;
+static SPIPlanPtr deadline_plan;
+static SPIPlanPtr purge_ops_plan;
+static SPIPlanPtr purge_events_plan;
+static SPIPlanPtr due_count_plan;
+
+static const Oid now_max_types[3] = {TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
+
+static SPIPlanPtr
+select_plan(SPIPlanPtr *cache, const char *fmt, int nargs)
+{
+	if (*cache == NULL)
+		return ar_prepare(cache, psprintf(fmt, operation_select_list), nargs,
+						  now_max_types);
+	return *cache;
+}
+
+/* Step 1: leases that expired become ambiguous failures, decided. */
+static int
+expire_leases(TimestampTz now, int max)
+{
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(max)};
+	uint64		n = ar_execute(select_plan(&expired_plan, EXPIRED_LEASES_SQL, 2),
+								 values, NULL, false, 0);
+	SPITupleTable *rows = SPI_tuptable;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+	{
+		Operation	op;
+		Decision	d;
+
+		memset(&op, 0, sizeof(op));
+		operation_from_row(rows->vals[i], rows->tupdesc, &op);
+		expire_lease(&op, now, &d);
+		operation_store(&op, now);
+	}
+	return (int) n;
+}
+
+/* Step 2: retries that can no longer start within the deadline. */
+static int
+dead_letter_past_deadline(TimestampTz now, int max)
+{
+	Datum		values[3];
+	uint64		n;
+	uint64		i;
+	SPITupleTable *rows;
+
+	values[0] = TimestampTzGetDatum(now);
+	values[1] = Int32GetDatum(max);
+	values[2] = TimestampTzGetDatum(ts_add_usec(now, -(int64) ar_deadline_grace_sec * USECS_PER_SEC));
+	n = ar_execute(select_plan(&deadline_plan, PAST_DEADLINE_SQL, 3),
+				   values, NULL, false, 0);
+	rows = SPI_tuptable;
+	for (i = 0; i < n; i++)
+	{
+		Operation	op;
+
+		memset(&op, 0, sizeof(op));
+		operation_from_row(rows->vals[i], rows->tupdesc, &op);
+		dead_letter(&op, "deadline_exceeded", now);
+	}
+	return (int) n;
+}
+
+/* Steps 3 and 4: one bounded DELETE */
+static int
+purge(SPIPlanPtr *cache, const char *sql, TimestampTz before, int max)
+{
+	Datum		values[2] = {TimestampTzGetDatum(before), Int32GetDatum(max)};
+
+	return (int) ar_execute(ar_prepare(cache, sql, 2, now_max_types),
+							values, NULL, false, 0);
+}
+
+static int64
+count_due(TimestampTz now)
+{
+	Datum		values[1] = {TimestampTzGetDatum(now)};
+	bool		isnull;
+
+	ar_execute(ar_prepare(&due_count_plan, DUE_COUNT_SQL, 1, now_max_types),
+			   values, NULL, true, 0);
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+									   SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+PG_FUNCTION_INFO_V1(agentretry_sweep);
+
+/*
+ * sweep(max integer DEFAULT 1000) returns sweep_summary
+ *
+ * One bounded round of housekeeping (see the file header); returns
+ * (leases_expired, deadlines_exceeded, operations_purged, events_purged,
+ * due_retries, more).  more is true when a step stopped at max: call
+ * again.  NOTIFY agentretry carries due_retries when it is not zero.
+ */
+Datum
+agentretry_sweep(PG_FUNCTION_ARGS)
+{
+	int			max;
+	TimestampTz now = GetCurrentTimestamp();
+	int			counts[4];
+	int64		due;
+	TupleDesc	desc;
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+	int			i;
+
+	check_not_null(fcinfo, 0, "max");
+	max = PG_GETARG_INT32(0);
+	if (max < 1 || max > SWEEP_MAX)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max must be between 1 and %d", SWEEP_MAX),
+				 errdetail("max is %d.", max)));
+
+	ar_spi_begin();
+	counts[0] = expire_leases(now, max);
+	counts[1] = dead_letter_past_deadline(now, max);
+	counts[2] = purge(&purge_ops_plan, PURGE_OPERATIONS_SQL, now, max);
+	counts[3] = purge(&purge_events_plan, PURGE_EVENTS_SQL,
+					  ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC),
+					  max);
+	due = count_due(now);
+	ar_spi_end();
+
+	if (due > 0)
+		Async_Notify("agentretry", psprintf(INT64_FORMAT, due));
+
+	desc = result_tupdesc(fcinfo);
+	values[5] = BoolGetDatum(false);
+	for (i = 0; i < 4; i++)
+	{
+		values[i] = Int32GetDatum(counts[i]);
+		if (counts[i] >= max)
+			values[5] = BoolGetDatum(true);
+	}
+	values[4] = Int64GetDatum(due);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
+}
