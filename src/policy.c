@@ -203,8 +203,10 @@ usec_text(int64 usec)
 {
 	if (usec == USEC_NONE)
 		return NULL;
+	/* policies are kept in microseconds: show 48 h as "2 days" again */
 	return DatumGetCString(DirectFunctionCall1(interval_out,
-											   IntervalPGetDatum(usec_interval(usec))));
+											   DirectFunctionCall1(interval_justify_hours,
+																   IntervalPGetDatum(usec_interval(usec)))));
 }
 
 static void
