@@ -154,8 +154,9 @@ count_due(TimestampTz now)
 	Datum		values[1] = {TimestampTzGetDatum(now)};
 	bool		isnull;
 
+	/* not read-only: the count must see what the steps above changed */
 	ar_execute(ar_prepare(&due_count_plan, DUE_COUNT_SQL, 1, now_max_types),
-			   values, NULL, true, 0);
+			   values, NULL, false, 0);
 	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
 									   SPI_tuptable->tupdesc, 1, &isnull));
 }
