@@ -32,6 +32,18 @@ CREATE INDEX operations_expiry ON agentretry.operations (expires_at)
 COMMENT ON INDEX agentretry.operations_expiry IS 'terminal operations by the time they may be purged';
 
 CREATE INDEX events_at ON agentretry.events (at);
+
+-- Fencing tokens must keep growing when a key is used again after the
+-- sweep purged its old row: a worker of the old operation may still hold
+-- one of its tokens.  New operations start above their tenant's floor, the
+-- highest token of any operation purged in it.
+CREATE TABLE agentretry.token_floors (
+	tenant text PRIMARY KEY,
+	floor bigint NOT NULL CHECK (floor >= 0)
+);
+COMMENT ON TABLE agentretry.token_floors IS
+	'per tenant, the highest fencing token of a purged operation; new operations'' tokens start above it';
+SELECT pg_catalog.pg_extension_config_dump('agentretry.token_floors', '');
 COMMENT ON INDEX agentretry.events_at IS 'events by time, for the retention purge';
 
 -- ---------------------------------------------------------------------------
@@ -452,7 +464,7 @@ COMMENT ON VIEW agentretry.verify_queue IS
 -- ---------------------------------------------------------------------------
 -- privileges: nothing for PUBLIC
 -- ---------------------------------------------------------------------------
-REVOKE ALL ON agentretry.tenant_policies, agentretry.in_flight,
+REVOKE ALL ON agentretry.tenant_policies, agentretry.token_floors, agentretry.in_flight,
 	agentretry.dead_letters, agentretry.verify_queue FROM PUBLIC;
 REVOKE ALL ON FUNCTION
 	agentretry.check_policy(integer, interval, interval, double precision, interval, interval, interval, text),
@@ -487,5 +499,6 @@ GRANT EXECUTE ON FUNCTION
 TO agentretry_admin;
 
 GRANT SELECT ON agentretry.tenant_policies TO agentretry_agent, agentretry_operator, agentretry_admin;
+GRANT SELECT ON agentretry.token_floors TO agentretry_operator;
 GRANT SELECT ON agentretry.in_flight, agentretry.dead_letters, agentretry.verify_queue
 TO agentretry_operator;

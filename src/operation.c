@@ -122,12 +122,13 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" (tenant, key, op_hash, args, tool, state, attempts, lease_token,"
 		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
 		"  deadline, run_id, step, created_at, updated_at, state_since)"
-		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1, 1, $6,"
+		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1,"
+		"  coalesce((SELECT f.floor FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6,"
 		"  $7 + coalesce($8, " TENANT_FIELD("lease", "$1", "$5") ", $9),"
 		"  $7, $7, $7 + coalesce(" TENANT_FIELD("deadline", "$1", "$5") "),"
 		"  $10, $11, $7, $7, $7)"
 		" ON CONFLICT (tenant, key) DO NOTHING"
-		" RETURNING o.lease_expires_at, o.deadline",
+		" RETURNING o.lease_expires_at, o.deadline, o.lease_token",
 		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID,
 		TIMESTAMPTZOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID}
 	},
@@ -485,8 +486,11 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 }
 
 /*
- * Insert a new operation leased to op->lease_owner as attempt 1 with
- * fencing token 1.  op carries tenant, key, op_hash, tool, run_id, step and
+ * Insert a new operation leased to op->lease_owner as attempt 1.  Its
+ * fencing token is 1, or one more than the tenant's token floor once the
+ * sweep has purged operations: a key used again after its old row was
+ * purged must not hand out a token that a worker of the old operation may
+ * still hold.  op carries tenant, key, op_hash, tool, run_id, step and
  * lease_owner.  Returns false when the key already exists (after waiting
  * for an uncommitted insert of the same key to commit or roll back).
  */
@@ -498,6 +502,7 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	char		nulls[11];
 	HeapTuple	tup;
 	TupleDesc	desc;
+	bool		isnull;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(op->tenant);
@@ -519,7 +524,7 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	desc = SPI_tuptable->tupdesc;
 	op->state = OP_IN_PROGRESS;
 	op->attempts = 1;
-	op->lease_token = 1;
+	op->lease_token = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	op->lease_expires_at = col_ts(tup, desc, 1);
 	op->deadline = col_ts(tup, desc, 2);
 	op->next_attempt_at = TS_NONE;

@@ -11,7 +11,8 @@
  *	   claim finding them would), at most max;
  *	2. retries waiting past their deadline (and its grace) are
  *	   dead-lettered, at most max;
- *	3. terminal operations past their TTL are deleted, at most max;
+ *	3. terminal operations past their TTL are deleted, at most max, and
+ *	   their tenant's token floor raised to their highest fencing token;
  *	4. events past agentretry.event_retention are deleted, at most max.
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
@@ -53,19 +54,33 @@
 	" AND o.deadline < $3" \
 	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
 
+/*
+ * The deleted rows' highest fencing token per tenant raises the tenant's
+ * token floor, in the same statement: a key claimed again starts above it.
+ */
 #define PURGE_OPERATIONS_SQL \
-	"DELETE FROM agentretry.operations o USING (" \
+	"WITH gone AS (" \
+	" DELETE FROM agentretry.operations o USING (" \
 	"  SELECT x.tenant, x.key FROM agentretry.operations x" \
 	"  WHERE x.expires_at <= $1 ORDER BY x.expires_at LIMIT $2" \
 	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1"
+	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1" \
+	" RETURNING o.tenant, o.lease_token)," \
+	" floors AS (" \
+	" INSERT INTO agentretry.token_floors AS f (tenant, floor)" \
+	"  SELECT g.tenant, max(g.lease_token) FROM gone g GROUP BY g.tenant" \
+	" ON CONFLICT (tenant) DO UPDATE" \
+	"  SET floor = greatest(f.floor, excluded.floor))" \
+	" SELECT count(*) FROM gone"
 
 #define PURGE_EVENTS_SQL \
-	"DELETE FROM agentretry.events e USING (" \
+	"WITH gone AS (" \
+	" DELETE FROM agentretry.events e USING (" \
 	"  SELECT x.tenant, x.id FROM agentretry.events x" \
 	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2" \
 	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE e.tenant = d.tenant AND e.id = d.id"
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)" \
+	" SELECT count(*) FROM gone"
 
 #define DUE_COUNT_SQL \
 	"SELECT count(*) FROM agentretry.operations o" \
@@ -138,14 +153,16 @@ dead_letter_past_deadline(TimestampTz now, int max)
 	return (int) n;
 }
 
-/* Steps 3 and 4: one bounded DELETE */
+/* Steps 3 and 4: one bounded DELETE; sql returns the count */
 static int
 purge(SPIPlanPtr *cache, const char *sql, TimestampTz before, int max)
 {
 	Datum		values[2] = {TimestampTzGetDatum(before), Int32GetDatum(max)};
+	bool		isnull;
 
-	return (int) ar_execute(ar_prepare(cache, sql, 2, now_max_types),
-							values, NULL, false, 0);
+	ar_execute(ar_prepare(cache, sql, 2, now_max_types), values, NULL, false, 0);
+	return (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
 }
 
 static int64
