@@ -319,7 +319,8 @@ COMMENT ON FUNCTION agentretry.sweep(integer) IS
 -- pg_cron.  SECURITY INVOKER: the job belongs to, and runs as, the role
 -- that schedules it, which needs pg_cron's own privileges.  The statements
 -- run through EXECUTE with parameters so that this function can be created
--- and called where the cron schema does not exist.
+-- and called where the cron schema does not exist.  pg_cron overloads
+-- schedule and unschedule, hence to_regprocedure with the signature used.
 CREATE FUNCTION agentretry.schedule_sweep(schedule text DEFAULT '* * * * *')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -334,7 +335,7 @@ BEGIN
 		RAISE EXCEPTION 'schedule must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
-	IF to_regnamespace('cron') IS NULL OR to_regproc('cron.schedule') IS NULL THEN
+	IF to_regprocedure('cron.schedule(text, text, text)') IS NULL THEN
 		IF cron_db IS NULL OR cron_db = '' THEN
 			RAISE EXCEPTION 'pg_cron is not installed'
 				USING ERRCODE = 'object_not_in_prerequisite_state',
@@ -374,7 +375,7 @@ DECLARE
 	cron_db text := current_setting('cron.database_name', true);
 	found boolean;
 BEGIN
-	IF to_regnamespace('cron') IS NULL OR to_regproc('cron.unschedule') IS NULL THEN
+	IF to_regprocedure('cron.unschedule(name)') IS NULL THEN
 		IF cron_db IS NULL OR cron_db = '' OR cron_db = current_database() THEN
 			RAISE EXCEPTION 'pg_cron is not installed'
 				USING ERRCODE = 'object_not_in_prerequisite_state',

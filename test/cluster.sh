@@ -6,7 +6,9 @@
 #   AR_PGPORT  port             (default 54329)
 #
 # The server runs as the invoking user, or as "postgres" when invoked as
-# root (initdb refuses root).  pg_cron is preloaded when it is installed.
+# root (initdb refuses root).  pg_cron is preloaded when it is installed;
+# it runs its jobs in background workers, as the cluster listens on no TCP
+# address for it to connect to.
 
 AR_BASE=${AR_BASE:-/tmp/agentretry-cluster}
 AR_PGDATA=${AR_PGDATA:-$AR_BASE/data}
@@ -43,6 +45,7 @@ cluster_start() {
 		if [ -f "$(pg_config --pkglibdir)/pg_cron.so" ]; then
 			echo "shared_preload_libraries = 'pg_cron'"
 			echo "cron.database_name = 'postgres'"
+			echo "cron.use_background_workers = on"
 		fi
 		[ -n "$extra_conf" ] && printf '%s\n' "$extra_conf"
 	} >>"$AR_PGDATA/postgresql.conf"
