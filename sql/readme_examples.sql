@@ -42,8 +42,39 @@ SELECT (agentretry.register_tool('charge_card', 'non_idempotent', 'write',
 	max_attempts => 3, deadline => '15 minutes', lease => '1 minute')).name;
 SELECT (agentretry.register_tool('delete_account', 'non_idempotent', 'destructive')).name;
 
+-- "Retry workers and the sweep": a crm_lookup whose first attempt failed
+SELECT outcome FROM agentretry.claim('lookup-7', '{"id": 7}', 'crm_lookup');
+SELECT action, reason FROM agentretry.fail('lookup-7', 1, 'transient', 'pre_execution', code => 'http_503');
+UPDATE agentretry.operations SET next_attempt_at = clock_timestamp() - interval '1 second'
+WHERE key = 'lookup-7';
+SELECT key, tool, args, attempt, lease_token
+FROM agentretry.claim_due(owner => 'retry-worker-1', max => 10, tools => ARRAY['crm_lookup']);
+SELECT leases_expired, deadlines_exceeded, more FROM agentretry.sweep();
+SELECT try_sql('SELECT agentretry.schedule_sweep()');
+
+-- "Operators": two dead-letters and a leased operation
+SELECT action, reason FROM agentretry.fail('lookup-7', 2, 'permanent', code => 'http_404');
+SELECT outcome FROM agentretry.claim('lookup-8', '{"id": 8}', 'crm_lookup');
+SELECT action, reason FROM agentretry.fail('lookup-8', 1, 'permanent', code => 'http_404');
+SELECT outcome FROM agentretry.claim('mail-9', '{"to": "cy@example.com"}', 'send_email');
+SELECT key, tool, reason, last_failure_code FROM agentretry.dead_letters ORDER BY since;
+SELECT agentretry.requeue('lookup-7');                          -- run it again, due now
+SELECT agentretry.requeue('lookup-8', reset_attempts => true);  -- with a fresh attempt budget
+SELECT agentretry.cancel('mail-9', reason => 'customer withdrew');
+SELECT key, state, attempts, lease_token, reason FROM agentretry.lookup('lookup-7')
+UNION ALL SELECT key, state, attempts, lease_token, reason FROM agentretry.lookup('lookup-8')
+UNION ALL SELECT key, state, attempts, lease_token, reason FROM agentretry.lookup('mail-9');
+
+-- tenant acme: every tool keeps terminal rows 30 days; crm_lookup tries 3 times
+SELECT (agentretry.set_tenant_policy('acme', ttl => '30 days')).tool;
+SELECT (agentretry.set_tenant_policy('acme', 'crm_lookup', max_attempts => 3)).tool;
+SELECT * FROM agentretry.effective_policy('acme', 'crm_lookup');
+
 -- leave nothing behind for the files that follow
 DROP TABLE refunds;
-DELETE FROM agentretry.events WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%';
-DELETE FROM agentretry.operations WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%';
+DELETE FROM agentretry.events WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%'
+	OR key IN ('lookup-7', 'lookup-8', 'mail-9');
+DELETE FROM agentretry.operations WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%'
+	OR key IN ('lookup-7', 'lookup-8', 'mail-9');
+DELETE FROM agentretry.tenant_policies WHERE tenant = 'acme';
 DELETE FROM agentretry.tools WHERE name IN ('crm_lookup', 'charge_card', 'delete_account');
