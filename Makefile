@@ -23,7 +23,7 @@ DATA = $(wildcard sql/agentretry--*.sql)
 PGFILEDESC = "agentretry - safe retries for side-effecting tool calls"
 
 # pg_regress suite: sql/NAME.sql against expected/NAME.out
-REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples
+REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples scheduling sweep operator upgrade
 REGRESS_OPTS = --inputdir=. --outputdir=build/regress
 
 # isolation specs: test/isolation/specs/NAME.spec

@@ -261,15 +261,24 @@ COMMENT ON FUNCTION agentretry.set_tenant_policy(text, text, integer, interval, 
 
 CREATE FUNCTION agentretry.drop_tenant_policy(tenant text, tool text DEFAULT NULL)
 RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	WITH gone AS (
-		DELETE FROM agentretry.tenant_policies p
-		WHERE p.tenant = coalesce(drop_tenant_policy.tenant, 'default')
-		  AND p.tool = coalesce(drop_tenant_policy.tool, '*')
-		RETURNING 1)
-	SELECT count(*) > 0 FROM gone
+DECLARE
+	t text := coalesce(drop_tenant_policy.tenant, 'default');
+	k text := coalesce(drop_tenant_policy.tool, '*');
+BEGIN
+	IF octet_length(t) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF octet_length(k) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tool name must be 1 to 128 bytes long'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM agentretry.tenant_policies p WHERE p.tenant = t AND p.tool = k;
+	RETURN FOUND;
+END
 $$;
 COMMENT ON FUNCTION agentretry.drop_tenant_policy(text, text) IS
 	'remove a tenant''s policy override for one tool (NULL: the override for every tool); false when there was none';

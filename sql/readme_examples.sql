@@ -49,7 +49,7 @@ UPDATE agentretry.operations SET next_attempt_at = clock_timestamp() - interval 
 WHERE key = 'lookup-7';
 SELECT key, tool, args, attempt, lease_token
 FROM agentretry.claim_due(owner => 'retry-worker-1', max => 10, tools => ARRAY['crm_lookup']);
-SELECT leases_expired, deadlines_exceeded, more FROM agentretry.sweep();
+SELECT more FROM agentretry.sweep();
 SELECT try_sql('SELECT agentretry.schedule_sweep()');
 
 -- "Operators": two dead-letters and a leased operation
@@ -57,7 +57,8 @@ SELECT action, reason FROM agentretry.fail('lookup-7', 2, 'permanent', code => '
 SELECT outcome FROM agentretry.claim('lookup-8', '{"id": 8}', 'crm_lookup');
 SELECT action, reason FROM agentretry.fail('lookup-8', 1, 'permanent', code => 'http_404');
 SELECT outcome FROM agentretry.claim('mail-9', '{"to": "cy@example.com"}', 'send_email');
-SELECT key, tool, reason, last_failure_code FROM agentretry.dead_letters ORDER BY since;
+SELECT key, tool, reason, last_failure_code FROM agentretry.dead_letters
+WHERE key IN ('lookup-7', 'lookup-8') ORDER BY since;
 SELECT agentretry.requeue('lookup-7');                          -- run it again, due now
 SELECT agentretry.requeue('lookup-8', reset_attempts => true);  -- with a fresh attempt budget
 SELECT agentretry.cancel('mail-9', reason => 'customer withdrew');

@@ -277,7 +277,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	int			tries;
 
 	memset(&op, 0, sizeof(op));
-	req.tool = arg_name(fcinfo, 2, "tool", AR_DEFAULT_TOOL, AR_MAX_NAME_LEN);
+	req.tool = arg_tool(fcinfo, 2);
 	tenant = arg_tenant(fcinfo, 3);
 	req.run_id = arg_name(fcinfo, 4, "run_id", NULL, AR_MAX_KEY_LEN);
 	req.step = arg_name(fcinfo, 5, "step", NULL, AR_MAX_KEY_LEN);

@@ -240,7 +240,7 @@ agentretry_effective_policy(PG_FUNCTION_ARGS)
 	static const Oid argtypes[2] = {TEXTOID, TEXTOID};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *tenant = arg_tenant(fcinfo, 0);
-	char	   *tool = arg_name(fcinfo, 1, "tool", AR_DEFAULT_TOOL, AR_MAX_NAME_LEN);
+	char	   *tool = arg_tool(fcinfo, 1);
 	Datum		values[2];
 	Policy		p;
 	char		buf[32];

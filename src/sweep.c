@@ -46,12 +46,15 @@
 	" AND o.state = 'in_progress' AND " AR_DUE_AT " <= $1" \
 	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
 
-/* $3: now - deadline_grace */
+/*
+ * $3: now - deadline_grace.  The rule of retry_too_late(): due beyond the
+ * deadline, or the deadline's grace is over.
+ */
 #define PAST_DEADLINE_SQL \
 	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
 	" WHERE o.state IN ('in_progress', 'retry_wait')" \
 	" AND o.state = 'retry_wait' AND " AR_DUE_AT " <= $1" \
-	" AND o.deadline < $3" \
+	" AND (o.deadline < $3 OR o.next_attempt_at > o.deadline)" \
 	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
 
 /*

@@ -74,6 +74,23 @@ arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
 }
 
 /*
+ * A tool name: like arg_name, and not "*", which stands for every tool in
+ * tenant policies.
+ */
+char *
+arg_tool(FunctionCallInfo fcinfo, int argno)
+{
+	char	   *tool = arg_name(fcinfo, argno, "tool", AR_DEFAULT_TOOL, AR_MAX_NAME_LEN);
+
+	if (strcmp(tool, "*") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tool name \"*\" is reserved"),
+				 errhint("In tenant policies \"*\" stands for every tool of the tenant.")));
+	return tool;
+}
+
+/*
  * The caller's tenant.  Without tenant memberships agentretry is
  * single-tenant and NULL means "default".
  */
