@@ -36,14 +36,22 @@ CREATE INDEX events_at ON agentretry.events (at);
 -- Fencing tokens must keep growing when a key is used again after the
 -- sweep purged its old row: a worker of the old operation may still hold
 -- one of its tokens.  New operations start above their tenant's floor, the
--- highest token of any operation purged in it.
+-- highest token of any operation purged in it.  Rows are only appended
+-- (when a purge raises the floor), never updated, so that overlapping
+-- sweeps never wait for each other; tokens are small numbers, so a tenant
+-- has few rows.
 CREATE TABLE agentretry.token_floors (
-	tenant text PRIMARY KEY,
-	floor bigint NOT NULL CHECK (floor >= 0)
+	tenant text NOT NULL,
+	id bigint GENERATED ALWAYS AS IDENTITY,
+	floor bigint NOT NULL CHECK (floor >= 0),
+	raised_at timestamptz NOT NULL,
+	PRIMARY KEY (tenant, id)
 );
+CREATE INDEX token_floors_floor ON agentretry.token_floors (tenant, floor);
 COMMENT ON TABLE agentretry.token_floors IS
-	'per tenant, the highest fencing token of a purged operation; new operations'' tokens start above it';
+	'per tenant, the fencing tokens of purged operations: new operations'' tokens start above the highest';
 SELECT pg_catalog.pg_extension_config_dump('agentretry.token_floors', '');
+SELECT pg_catalog.pg_extension_config_dump('agentretry.token_floors_id_seq', '');
 COMMENT ON INDEX agentretry.events_at IS 'events by time, for the retention purge';
 
 -- ---------------------------------------------------------------------------

@@ -123,7 +123,7 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
 		"  deadline, run_id, step, created_at, updated_at, state_since)"
 		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1,"
-		"  coalesce((SELECT f.floor FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6,"
+		"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6,"
 		"  $7 + coalesce($8, " TENANT_FIELD("lease", "$1", "$5") ", $9),"
 		"  $7, $7, $7 + coalesce(" TENANT_FIELD("deadline", "$1", "$5") "),"
 		"  $10, $11, $7, $7, $7)"

@@ -60,6 +60,8 @@
 /*
  * The deleted rows' highest fencing token per tenant raises the tenant's
  * token floor, in the same statement: a key claimed again starts above it.
+ * A floor row is appended only when it raises the floor, and never
+ * updated, so overlapping sweeps do not wait for each other.
  */
 #define PURGE_OPERATIONS_SQL \
 	"WITH gone AS (" \
@@ -70,10 +72,10 @@
 	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1" \
 	" RETURNING o.tenant, o.lease_token)," \
 	" floors AS (" \
-	" INSERT INTO agentretry.token_floors AS f (tenant, floor)" \
-	"  SELECT g.tenant, max(g.lease_token) FROM gone g GROUP BY g.tenant" \
-	" ON CONFLICT (tenant) DO UPDATE" \
-	"  SET floor = greatest(f.floor, excluded.floor))" \
+	" INSERT INTO agentretry.token_floors (tenant, floor, raised_at)" \
+	"  SELECT g.tenant, max(g.lease_token), $1 FROM gone g GROUP BY g.tenant" \
+	"  HAVING max(g.lease_token) > coalesce((SELECT max(f.floor)" \
+	"   FROM agentretry.token_floors f WHERE f.tenant = g.tenant), 0))" \
 	" SELECT count(*) FROM gone"
 
 #define PURGE_EVENTS_SQL \
