@@ -10,20 +10,24 @@ The file has three parts:
 
   1. the simulated world: an at-least-once task queue, an email provider
      that does not deduplicate, and a fault injector;
-  2. the two kinds of worker: NaiveWorker and AgentRetryWorker (the latter
-     is the example of how agent code uses agentretry);
+  2. the two kinds of worker: NaiveWorker and the agentretry workers (the
+     example of how agent code uses agentretry): AgentRetryWorker takes
+     tasks from the queue, RetryWorker runs the retries agentretry
+     scheduled (claim_due), and Sweeper stands in for the pg_cron job that
+     calls agentretry.sweep();
   3. running both and printing the summary.
 
-Run by examples/demo.sh, which prepares the databases (demo_setup.sql).
-Connection parameters come from the environment (PGHOST, PGPORT).
+Run by examples/demo.sh, which prepares the databases and roles
+(demo_setup.sql).  Connection parameters come from the environment
+(PGHOST, PGPORT).
 """
 
 import argparse
 import collections
-import heapq
 import json
 import os
 import random
+import select
 import sys
 import threading
 import time
@@ -37,6 +41,7 @@ import psycopg2.extras
 # ---------------------------------------------------------------------------
 
 AGENT_DSN = "dbname=agentdemo user=demo_agent application_name=agent"
+OPERATOR_DSN = "dbname=agentdemo user=demo_operator application_name=sweeper"
 PROVIDER_DSN = "dbname=provider user=postgres application_name=provider"
 ADMIN_DSN = "dbname=agentdemo user=postgres application_name=demo"
 
@@ -138,7 +143,7 @@ class EmailProvider:
 
 
 class Outstanding:
-    """Counts units of work not finished yet, so the run knows when to stop."""
+    """Counts deliveries not acknowledged yet, so a run knows when the queue is done."""
 
     def __init__(self):
         self.n = 0
@@ -156,6 +161,10 @@ class Outstanding:
     def wait_zero(self, timeout):
         with self.cv:
             return self.cv.wait_for(lambda: self.n == 0, timeout)
+
+    def zero(self):
+        with self.cv:
+            return self.n == 0
 
 
 class Broker:
@@ -292,8 +301,19 @@ class NaiveWorker(threading.Thread):
 
 
 # ---------------------------------------------------------------------------
-# 2b. The agentretry worker (pattern B: claim -> act -> complete / fail)
+# 2b. The agentretry workers (pattern B: claim -> act -> complete / fail)
 # ---------------------------------------------------------------------------
+
+# The retry workers lease at most this many due retries per claim_due call
+# and, when none is due, sleep until the sweep's NOTIFY or this long.
+RETRY_BATCH = 10
+RETRY_IDLE_WAIT = 0.1
+
+# How often the demo's sweeper calls agentretry.sweep().  In production
+# pg_cron runs it every minute (agentretry.schedule_sweep()); the demo's
+# leases last 2 s, so it sweeps every second to show the sweep at work.
+SWEEP_INTERVAL = 1.0
+
 
 class AgentRetry:
     """A thin client: one method per agentretry function, nothing hidden.
@@ -307,6 +327,7 @@ class AgentRetry:
 
     ClaimResult = collections.namedtuple(
         "ClaimResult", "outcome attempt lease_token result retry_at reason")
+    Lease = collections.namedtuple("Lease", "key args attempt lease_token")
     Decision = collections.namedtuple("Decision", "action retry_at attempt reason")
 
     def __init__(self, owner):
@@ -320,13 +341,23 @@ class AgentRetry:
             return cur.fetchone()
 
     def claim(self, key, args, tool):
-        # retry_at is read as epoch seconds for the local retry list; the
-        # database's clock decides what is due, ours only when to ask again.
         return self.ClaimResult(*self._one(
-            "SELECT outcome, attempt, lease_token, result,"
-            " extract(epoch FROM retry_at)::float8, reason"
+            "SELECT outcome, attempt, lease_token, result, retry_at, reason"
             " FROM agentretry.claim(key => %s, args => %s, tool => %s, owner => %s)",
             (key, json.dumps(args), tool, self.owner)))
+
+    def claim_due(self, max_leases, tools):
+        """Lease up to max_leases due retries of these tools, oldest first.
+
+        Each row is what an execute answer of claim() gives: this worker
+        holds the lease and runs the attempt.  Rows other workers hold are
+        skipped, so any number of retry workers may poll at once.
+        """
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT key, args, attempt, lease_token"
+                        " FROM agentretry.claim_due(owner => %s, max => %s, tools => %s)",
+                        (self.owner, max_leases, list(tools)))
+            return [self.Lease(*row) for row in cur.fetchall()]
 
     def complete(self, key, lease_token, result):
         self._one("SELECT agentretry.complete(key => %s, lease_token => %s, result => %s)",
@@ -334,7 +365,7 @@ class AgentRetry:
 
     def fail(self, key, lease_token, failure, phase, code, message):
         return self.Decision(*self._one(
-            "SELECT action, extract(epoch FROM retry_at)::float8, attempt, reason"
+            "SELECT action, retry_at, attempt, reason"
             " FROM agentretry.fail(key => %s, lease_token => %s, failure => %s,"
             " phase => %s, code => %s, message => %s)",
             (key, lease_token, failure, phase, code, message)))
@@ -345,6 +376,23 @@ class AgentRetry:
             " executed => %s, result => %s)",
             (key, lease_token, executed, json.dumps(result) if result else None))[0]
 
+    def listen(self):
+        """Subscribe to the sweep's NOTIFY agentretry (payload: due retries)."""
+        with self.conn.cursor() as cur:
+            cur.execute("LISTEN agentretry")
+
+    def wait_for_due(self, timeout):
+        """Sleep until a NOTIFY agentretry arrives or timeout seconds pass.
+
+        The sweep notifies once per run when retries are due; the timeout
+        makes the worker poll in between, since a retry falls due at its
+        own time, not at a sweep.
+        """
+        if not self.conn.notifies:
+            if select.select([self.conn], [], [], timeout)[0]:
+                self.conn.poll()
+        self.conn.notifies.clear()
+
     def close(self):
         self.conn.close()
 
@@ -354,78 +402,66 @@ def lease_lost(error):
     return isinstance(error, psycopg2.Error) and error.pgcode == "AR002"
 
 
-class RetryList:
-    """Keys to claim again later, with the time agentretry named.
-
-    agentretry already knows every scheduled retry (operations in retry_wait
-    with next_attempt_at); a retry worker would poll claim_due() for them.
-    Until that exists this list, in memory, stands in for it.
-    """
-
-    def __init__(self, outstanding):
-        self.outstanding = outstanding
-        self.lock = threading.Lock()
-        self.heap = []
-        self.seq = 0
-
-    def add(self, task, at):
-        self.outstanding.add()
-        with self.lock:
-            self.seq += 1
-            heapq.heappush(self.heap, (at, self.seq, task))
-
-    def pop_due(self):
-        with self.lock:
-            if self.heap and self.heap[0][0] <= time.time():
-                return heapq.heappop(self.heap)[2]
-        return None
-
-    def finished(self):
-        """The entry returned by pop_due() has been handled."""
-        self.outstanding.done()
-
-
 class AgentRetryWorker(threading.Thread):
-    """Takes tasks from the queue (or, as a retry worker, from the retry list).
+    """Takes tasks from the queue and claims their keys.
 
-    handle() is the whole pattern.  It returns None when this key needs
-    nothing more from us, or the time at which to claim it again.
+    handle() is the whole pattern.  Whatever a delivery finds, it leaves
+    the key to whoever acts on it next, and agentretry records who that is:
+    a scheduled retry (retry_wait) is run by the retry workers through
+    claim_due, a live lease by its holder, and the lease of a worker that
+    died is decided by the sweep (or by the next claim) and its delivery
+    comes back from the queue.  No list of keys to come back to is kept
+    here.
     """
 
     TOOL = "send_email"
 
-    def __init__(self, name, source, broker, retries, faults, stats, stop):
+    def __init__(self, name, broker, faults, stats, stop):
         super().__init__(name=name, daemon=True)
-        self.source = source        # "queue" or "retry list"
-        self.broker, self.retries = broker, retries
+        self.broker = broker
         self.faults, self.stats, self.stop = faults, stats, stop
 
     def handle(self, task):
         key, args = task["key"], task["args"]
 
-        # claim() decides, under a row lock, what this delivery may do with
-        # the key.  The args are fingerprinted: the same key with other args
-        # would raise AR001 instead of replaying the wrong receipt.
-        c = self.ar.claim(key, args, self.TOOL)
-        self.stats.inc("claim: " + c.outcome)
+        while True:
+            # claim() decides, under a row lock, what this delivery may do
+            # with the key.  The args are fingerprinted: the same key with
+            # other args would raise AR001 instead of replaying the wrong
+            # receipt.
+            c = self.ar.claim(key, args, self.TOOL)
+            self.stats.inc("claim: " + c.outcome)
 
-        if c.outcome == "replay":
-            # Already sent: the duplicate delivery is answered from the
-            # stored receipt (c.result) and the provider is not called.
-            return None
-        if c.outcome in ("dead", "cancelled"):
-            # Terminal; c.reason and c.result say why.  An operator decides.
-            return None
-        if c.outcome in ("busy", "wait"):
-            # busy: someone else holds a live lease (retry_at is its expiry);
-            # wait: a retry is scheduled (retry_at is when).  Come back then.
-            return c.retry_at
-        if c.outcome == "verify":
-            return self.verify(key, c.lease_token)
-        assert c.outcome == "execute"
-        return self.execute(key, args, c.lease_token)
+            if c.outcome == "replay":
+                # Already sent: the duplicate delivery is answered from the
+                # stored receipt (c.result) and the provider is not called.
+                return
+            if c.outcome in ("dead", "cancelled"):
+                # Terminal; c.reason and c.result say why.  An operator decides.
+                return
+            if c.outcome == "busy":
+                # Someone else holds a live lease (until c.retry_at) and
+                # will record the outcome.  If it dies, its lease expires
+                # and its own delivery comes back from the queue.
+                return
+            if c.outcome == "wait":
+                # A retry is scheduled at c.retry_at; a retry worker will
+                # lease it with claim_due then.  Nothing to do here.
+                return
+            if c.outcome == "verify":
+                self.verify(key, c.lease_token)
+                return
+            assert c.outcome == "execute"
+            if not self.execute(key, args, c.lease_token):
+                return
+            # fail() answered verify: claim the key again to take the
+            # verification lease (or find that another worker took it).
 
     def execute(self, key, args, lease_token):
+        """Run one attempt under the lease; True when the key now needs verifying.
+
+        The same for a claim's execute answer and for a row of claim_due.
+        """
         # We hold the lease: act, passing the key to the provider.
         self.faults.kill_point(key, "killed_before_send")
         self.stats.inc("provider calls")
@@ -457,25 +493,23 @@ class AgentRetryWorker(threading.Thread):
             if not lease_lost(e):
                 raise
             self.stats.inc("completions fenced off (AR002)")
-        return None
+        return False
 
     def failed(self, key, lease_token, failure, phase, code, message):
         # fail() records the attempt and applies the tool's policy: retry
-        # (when), verify, or dead (why).
+        # (agentretry schedules it: state retry_wait until retry_at, when a
+        # retry worker's claim_due leases it), verify, or dead (why).
         try:
             d = self.ar.fail(key, lease_token, failure, phase, code, message)
         except psycopg2.Error as e:
             if not lease_lost(e):
                 raise
             # Our lease was taken over: the new holder decides now.
-            return None
+            return False
         self.stats.inc("fail -> %s (%s)" % (d.action, d.reason))
-        if d.action == "retry":
-            return d.retry_at
-        if d.action == "verify":
-            # The next claim of the key hands out a verification lease.
-            return time.time()
-        return None
+        # verify: the next claim of the key hands out a verification lease;
+        # this worker claims it at once.
+        return d.action == "verify"
 
     def verify(self, key, lease_token):
         # An earlier attempt may or may not have sent the email (a read
@@ -483,19 +517,16 @@ class AgentRetryWorker(threading.Thread):
         # provider, then tell agentretry what it said.
         message_id = self.provider.was_sent(key)
         try:
-            state = self.ar.resolve(key, lease_token, message_id is not None,
-                                    {"message_id": message_id} if message_id else None)
+            self.ar.resolve(key, lease_token, message_id is not None,
+                            {"message_id": message_id} if message_id else None)
         except psycopg2.Error as e:
             if not lease_lost(e):
                 raise
             # Our verification lease expired and another worker verifies.
-            return None
+            return
+        # Not sent: resolve made the retry due now (retry_wait), unless the
+        # policy forbade it (dead); the retry workers run it.
         self.stats.inc("resolve: executed" if message_id else "resolve: not executed")
-        if state == "retry_wait":
-            # Not sent: the retry is due now (unless the policy forbade it,
-            # in which case the state is dead).
-            return time.time()
-        return None
 
     # -- the loop around handle() -------------------------------------------
 
@@ -507,42 +538,101 @@ class AgentRetryWorker(threading.Thread):
         self.ar.close()
         self.provider.close()
 
-    def next_task(self):
-        if self.source == "queue":
-            return self.broker.receive()
-        task = self.retries.pop_due()
-        return (None, task) if task else None
-
     def run(self):
         self.connect()
         while not self.stop.is_set():
-            got = self.next_task()
+            got = self.broker.receive()
             if got is None:
                 time.sleep(0.005)
                 continue
             delivery_id, task = got
             try:
-                again_at = self.handle(task)
+                self.handle(task)
             except WorkerKilled:
                 # The process died holding a lease: its connections go and
-                # it records nothing.  The lease expires; whoever claims the
-                # key next verifies.  An unacknowledged delivery comes back
-                # from the queue; a retry-list entry is re-added, as a
-                # restarted retry worker would find it again in the database.
+                # it records nothing.  The lease expires; the sweep (or the
+                # next claim of the key) decides it, and the unacknowledged
+                # delivery comes back from the queue and verifies.
                 self.stats.inc("workers killed")
                 self.disconnect()
                 self.connect()
-                if delivery_id is None:
-                    self.retries.add(task, time.time() + VISIBILITY_TIMEOUT)
-                    self.retries.finished()
                 continue
-            if again_at is not None:
-                self.retries.add(task, again_at)
-            if delivery_id is not None:
-                self.broker.ack(delivery_id)
-            else:
-                self.retries.finished()
+            self.broker.ack(delivery_id)
         self.disconnect()
+
+
+class RetryWorker(AgentRetryWorker):
+    """Runs the retries agentretry scheduled: claim_due in a loop.
+
+    A failed attempt that may be retried is recorded as retry_wait with
+    next_attempt_at; once that has passed, claim_due leases it to one
+    retry worker, which runs it exactly like a claim's execute answer.
+    When nothing is due the worker waits for the sweep's NOTIFY agentretry,
+    or polls again after RETRY_IDLE_WAIT.
+    """
+
+    def connect(self):
+        super().connect()
+        self.ar.listen()
+
+    def run(self):
+        self.connect()
+        while not self.stop.is_set():
+            leases = self.ar.claim_due(RETRY_BATCH, [self.TOOL])
+            if not leases:
+                self.ar.wait_for_due(RETRY_IDLE_WAIT)
+                continue
+            for lease in leases:
+                self.stats.inc("retries run by claim_due workers")
+                try:
+                    if self.execute(lease.key, lease.args, lease.lease_token):
+                        # verify: take the verification lease by claim, as
+                        # a queue worker does.
+                        self.handle({"key": lease.key, "args": lease.args})
+                except WorkerKilled:
+                    # Kills are injected into first attempts, which are
+                    # always queue deliveries, so this does not happen in
+                    # the demo.  A retry worker that died leaves its leases
+                    # to expire; the sweep decides them (for send_email:
+                    # verify, listed in agentretry.verify_queue).
+                    self.stats.inc("workers killed")
+                    self.disconnect()
+                    self.connect()
+                    break
+        self.disconnect()
+
+
+class Sweeper(threading.Thread):
+    """Calls agentretry.sweep() every SWEEP_INTERVAL seconds.
+
+    In production pg_cron does this every minute: SELECT
+    agentretry.schedule_sweep() once, as a role with agentretry_operator
+    (the job runs as the role that scheduled it).  The sweep decides the
+    expired leases of workers that died (as ambiguous failures: for
+    send_email, verify) even when no delivery of their task ever comes
+    back, dead-letters retries past their deadline, purges old rows, and
+    NOTIFYs agentretry when retries are due, which wakes the retry workers.
+
+    It runs as demo_operator: sweep() is granted to agentretry_operator,
+    not to the agents' role.
+    """
+
+    def __init__(self, stats, stop):
+        super().__init__(name="sweeper", daemon=True)
+        self.stats, self.stop = stats, stop
+
+    def run(self):
+        conn = psycopg2.connect(OPERATOR_DSN)
+        conn.autocommit = True
+        while not self.stop.wait(SWEEP_INTERVAL):
+            with conn.cursor() as cur:
+                cur.execute("SELECT leases_expired FROM agentretry.sweep()")
+                expired = cur.fetchone()[0]
+            self.stats.inc("sweeps")
+            if expired:
+                self.stats.inc("sweeps that decided leases")
+                self.stats.inc("leases decided by the sweep", expired)
+        conn.close()
 
 
 # ---------------------------------------------------------------------------
@@ -569,6 +659,36 @@ def reset(admin):
         cur.execute("TRUNCATE agentretry.operations, agentretry.events")
 
 
+def unfinished_operations(monitor):
+    """Operations some worker still has to act on: leased, waiting or unverified."""
+    with monitor.cursor() as cur:
+        cur.execute("SELECT count(*) FROM agentretry.operations"
+                    " WHERE state IN ('in_progress', 'retry_wait', 'verify')")
+        return cur.fetchone()[0]
+
+
+def wait_accounted(outstanding, timeout):
+    """Wait until every delivery is acknowledged and every operation terminal.
+
+    The queue being empty is not enough with agentretry: a scheduled retry
+    or a pending verification is recorded in agentretry.operations, not in
+    the queue.  The queue is checked first: once it is empty no delivery
+    can start new work, so operations found all terminal afterwards stay
+    so (a retry worker only leases rows in retry_wait, and there are none).
+    """
+    monitor = psycopg2.connect(OPERATOR_DSN)
+    monitor.autocommit = True
+    give_up = time.monotonic() + timeout
+    try:
+        while time.monotonic() < give_up:
+            if outstanding.zero() and unfinished_operations(monitor) == 0:
+                return True
+            time.sleep(0.1)
+        return False
+    finally:
+        monitor.close()
+
+
 def run_workload(mode, args, tasks, plan, deliveries):
     stats = Stats()
     faults = FaultPlan(plan)
@@ -581,22 +701,24 @@ def run_workload(mode, args, tasks, plan, deliveries):
         workers = [NaiveWorker("naive-%d" % i, broker, faults, stats, stop)
                    for i in range(1, args.workers + 1)]
     else:
-        retries = RetryList(outstanding)
-        workers = [AgentRetryWorker("agent-%d" % i, "queue", broker, retries,
-                                    faults, stats, stop)
+        workers = [AgentRetryWorker("agent-%d" % i, broker, faults, stats, stop)
                    for i in range(1, args.workers + 1)]
-        workers += [AgentRetryWorker("retry-%d" % i, "retry list", broker, retries,
-                                     faults, stats, stop)
+        workers += [RetryWorker("retry-%d" % i, broker, faults, stats, stop)
                     for i in range(1, args.retry_workers + 1)]
+        workers.append(Sweeper(stats, stop))
     started = time.monotonic()
     for w in workers:
         w.start()
-    finished = outstanding.wait_zero(args.timeout)
+    if mode == "naive":
+        finished = outstanding.wait_zero(args.timeout)
+    else:
+        finished = wait_accounted(outstanding, args.timeout)
     stop.set()
     for w in workers:
         w.join()
     stats.c["seconds"] = round(time.monotonic() - started, 1)
     stats.c["redeliveries"] = broker.redeliveries
+    stats.c["unfinished"] = not finished
     if not finished:
         print("  %s run did not finish within %d s" % (mode, args.timeout))
     return stats.c
@@ -653,6 +775,20 @@ def events_summary(admin):
             "verifications: not sent": not_executed}
 
 
+def delivered_twice(admin, keys):
+    """Of these keys, the first whose second delivery was answered replay.
+
+    A duplicate that arrives while the first delivery holds the lease is
+    answered busy, which is not traced; one that arrives later is answered
+    replay, which tells the story.
+    """
+    with admin.cursor() as cur:
+        cur.execute("SELECT key FROM agentretry.events WHERE kind = 'replay'"
+                    " AND key = ANY (%s)", (keys,))
+        replayed = {k for (k,) in cur.fetchall()}
+    return next((k for k in keys if k in replayed), keys[0] if keys else None)
+
+
 def print_trace(admin, key, why):
     """A key's story, as agentretry.events tells it."""
     with admin.cursor() as cur:
@@ -697,9 +833,18 @@ def print_summary(n_tasks, n_deliveries, plan, naive, ar):
         ("replays (duplicates prevented)", "-", ar["claim: replay"]),
         ("claims answered busy / wait", "-", "%d / %d" % (ar["claim: busy"], ar["claim: wait"])),
     ]
-    for k in ("takeovers (expired leases decided)", "verifications: sent",
-              "verifications: not sent"):
-        rows.append((k, "-", ar[k]))
+    takeovers = ar["takeovers (expired leases decided)"]
+    by_sweep = ar["leases decided by the sweep"]
+    rows += [
+        ("takeovers (expired leases decided)", "-", takeovers),
+        ("  decided by the sweep / a claim", "-",
+         "%d / %d" % (by_sweep, takeovers - by_sweep)),
+        ("sweeps run / that decided leases", "-",
+         "%d / %d" % (ar["sweeps"], ar["sweeps that decided leases"])),
+        ("retries run by claim_due workers", "-", ar["retries run by claim_due workers"]),
+        ("verifications: sent", "-", ar["verifications: sent"]),
+        ("verifications: not sent", "-", ar["verifications: not sent"]),
+    ]
     for k in sorted(k for k in ar if k.startswith("fail -> ")):
         rows.append((k, "-", ar[k]))
     rows.append(("completions fenced off (AR002)", "-", ar["completions fenced off (AR002)"]))
@@ -741,17 +886,27 @@ def main():
     naive, ar = results["naive"], results["agentretry"]
     print_summary(len(tasks), len(deliveries), plan, naive, ar)
 
-    # Two keys' stories from the agentretry run: a worker killed after
-    # sending, and a task delivered twice.
-    killed = next(k for k, f in plan.items() if f == "killed_after_send")
-    print_trace(admin, killed, "worker killed after sending")
+    # Three keys' stories from the agentretry run: a worker killed after
+    # sending, one killed before sending (its retry run by a retry worker),
+    # and a task delivered twice.
     counts = collections.Counter(t["key"] for t in deliveries)
-    twice = next(t["key"] for t in tasks if counts[t["key"]] > 1 and plan[t["key"]] is None)
-    print_trace(admin, twice, "delivered twice")
+    stories = [
+        (next((k for k, f in plan.items() if f == "killed_after_send"), None),
+         "worker killed after sending"),
+        (next((k for k, f in plan.items() if f == "killed_before_send"), None),
+         "worker killed before sending"),
+        (delivered_twice(admin, [t["key"] for t in tasks
+                                 if counts[t["key"]] > 1 and plan[t["key"]] is None]),
+         "delivered twice"),
+    ]
+    for key, why in stories:
+        if key is not None:
+            print_trace(admin, key, why)
 
-    if ar["duplicate emails"] or ar["tasks lost"]:
-        print("FAIL: agentretry sent %d duplicate emails and lost %d tasks"
-              % (ar["duplicate emails"], ar["tasks lost"]))
+    if ar["duplicate emails"] or ar["tasks lost"] or ar["unfinished"]:
+        print("FAIL: agentretry sent %d duplicate emails and lost %d tasks%s"
+              % (ar["duplicate emails"], ar["tasks lost"],
+                 " (the run did not finish)" if ar["unfinished"] else ""))
         return 1
     print("OK: the naive loop sent %d duplicate emails; agentretry sent none"
           " and accounted for all %d tasks." % (naive["duplicate emails"], len(tasks)))

@@ -8,9 +8,18 @@
 CREATE DATABASE provider;
 CREATE DATABASE agentdemo;
 
--- The agent workers log in with a role that holds nothing but
--- agentretry_agent: claim, complete, fail, resolve, heartbeat, release.
+-- The agent workers, and the retry workers, log in with a role that holds
+-- nothing but agentretry_agent: claim, complete, fail, resolve, heartbeat,
+-- release, claim_due.
 CREATE ROLE demo_agent LOGIN;
+
+-- The sweeper logs in with a role of its own.  sweep() is granted to
+-- agentretry_operator, not to agents: it decides other workers' expired
+-- leases and purges rows, which no agent should be able to do at will.  In
+-- production the pg_cron job runs as the role that scheduled it, which
+-- needs the same grant.  The demo also reads agentretry.operations as this
+-- role to know when every task is accounted for.
+CREATE ROLE demo_operator LOGIN;
 
 \connect provider
 
@@ -30,6 +39,7 @@ CREATE INDEX sent_emails_key ON sent_emails (idempotency_key);
 
 CREATE EXTENSION agentretry;
 GRANT agentretry_agent TO demo_agent;
+GRANT agentretry_operator TO demo_operator;
 
 -- Trace claims, replays and completions too, not only the decisions, so
 -- that the demo can show a key's whole story from agentretry.events.
@@ -39,8 +49,9 @@ ALTER DATABASE agentdemo SET agentretry.trace_all = on;
 -- non_idempotent: a failure that may have happened after the email went out
 -- is never blindly retried, it is verified with the provider first.
 -- max_attempts stays at the write tier's default (2).  The lease is short
--- so that the leases of killed workers expire, and are taken over, within
--- the demo; a real tool would use the time its call can take.
+-- so that the leases of killed workers expire, and are decided by the
+-- sweep or taken over by the next claim, within the demo; a real tool
+-- would use the time its call can take.
 SELECT name, idempotency, side_effect, lease
 FROM agentretry.register_tool(
 	name => 'send_email',
