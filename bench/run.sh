@@ -1,29 +1,44 @@
 #!/usr/bin/env bash
 # Throughput of agentretry against the raw-SQL floor and a hand-written
-# PL/pgSQL implementation, on one private server in one run (DESIGN.md,
-# section 8).  Prints a markdown table of ratios and writes it, with the
-# machine facts and per-run numbers, to bench/results/latest.md.
+# PL/pgSQL implementation, and the cost of the sweep against the size of
+# the table, on one private server in one run (DESIGN.md, section 8).
+# Prints markdown tables of ratios and writes them, with the machine facts
+# and per-run numbers, to $BENCH_RESULTS/latest.md.  Three parts:
 #
-#   BENCH_SECONDS      duration of each pgbench run           (default 20)
-#   BENCH_ROUNDS       runs per implementation and setting    (default 2)
-#   BENCH_CLIENTS      pgbench clients                        (default 8)
-#   BENCH_THREADS      pgbench threads                        (default 2)
-#   BENCH_REPLAY_KEYS  succeeded keys pre-loaded for replay   (default 100000)
-#   BENCH_WORKLOADS    subset of: pattern_b pattern_a replay  (default all)
-#   BENCH_SYNC         subset of: on off                      (default both)
-#   BENCH_BUILD        0 to skip building and installing      (default 1)
-#   BENCH_KEEP         1 to leave the cluster running, set up (default 0)
-#   AR_BASE, AR_PGPORT where the private cluster lives        (cluster.sh)
+#   core   pattern B, pattern A and replay: raw, agentretry and PL/pgSQL
+#   cycle  the retry cycle fail -> claim_due -> complete: raw and agentretry
+#   sweep  one sweep of the same due rows in tables of different sizes
 #
-# Within a workload and setting the three implementations run in turn, in
+#   BENCH_PARTS          subset of: core cycle sweep              (default all)
+#   BENCH_SECONDS        duration of each pgbench run             (default 20)
+#   BENCH_ROUNDS         runs per implementation and setting      (default 2)
+#   BENCH_CLIENTS        pgbench clients                          (default 8)
+#   BENCH_THREADS        pgbench threads                          (default 2)
+#   BENCH_REPLAY_KEYS    succeeded keys pre-loaded for replay     (default 100000)
+#   BENCH_WORKLOADS      core subset of: pattern_b pattern_a replay (default all)
+#   BENCH_SYNC           subset of: on off                        (default both)
+#   BENCH_CYCLE_POOL     due retries seeded for the cycle         (default 1000)
+#   BENCH_SWEEP_SIZES    operations per table, one table each     (default 1000000 10000000)
+#   BENCH_SWEEP_DUE      due operations in every table            (default 10000)
+#   BENCH_SWEEP_WAITING  in-flight operations not due, every table (default 10000)
+#   BENCH_SWEEP_ROUNDS   timed sweeps per size, median reported   (default 5)
+#   BENCH_RESULTS        directory for latest.md, runs and logs   (default bench/results)
+#   BENCH_BUILD          0 to skip building and installing        (default 1)
+#   BENCH_KEEP           1 to leave the cluster running, set up   (default 0)
+#   AR_BASE, AR_PGPORT   where the private cluster lives          (cluster.sh)
+#
+# Within a workload and setting the implementations run in turn, in
 # mirrored order from round to round (raw, agentretry, plpgsql, then
 # plpgsql, agentretry, raw), so that drift (tables growing, autovacuum,
-# the host) weighs on all three alike.  Each run starts after a CHECKPOINT.
+# the host) weighs on all alike.  Each run starts after a CHECKPOINT.
+# The sweep's tables live in one database each, so its rounds alternate
+# between the sizes in the same mirrored way.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
+BENCH_PARTS=${BENCH_PARTS:-core cycle sweep}
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_CLIENTS=${BENCH_CLIENTS:-8}
@@ -31,20 +46,70 @@ BENCH_THREADS=${BENCH_THREADS:-2}
 BENCH_REPLAY_KEYS=${BENCH_REPLAY_KEYS:-100000}
 BENCH_WORKLOADS=${BENCH_WORKLOADS:-pattern_b pattern_a replay}
 BENCH_SYNC=${BENCH_SYNC:-on off}
+BENCH_CYCLE_POOL=${BENCH_CYCLE_POOL:-1000}
+BENCH_SWEEP_SIZES=${BENCH_SWEEP_SIZES:-1000000 10000000}
+BENCH_SWEEP_DUE=${BENCH_SWEEP_DUE:-10000}
+BENCH_SWEEP_WAITING=${BENCH_SWEEP_WAITING:-10000}
+BENCH_SWEEP_ROUNDS=${BENCH_SWEEP_ROUNDS:-5}
+BENCH_RESULTS=${BENCH_RESULTS:-$here/results}
 BENCH_BUILD=${BENCH_BUILD:-1}
 BENCH_KEEP=${BENCH_KEEP:-0}
 export AR_BASE=${AR_BASE:-/tmp/agentretry-bench}
 export AR_PGPORT=${AR_PGPORT:-54339}
 
-impls=(raw agentretry plpgsql)
-results=$here/results
+has_part() {
+	case " $BENCH_PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
+}
+for part in $BENCH_PARTS; do
+	case $part in core | cycle | sweep) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle sweep)" >&2; exit 1 ;; esac
+done
+
+# the pgbench workloads of the parts asked for, and who runs each
+workloads=""
+has_part core && workloads="$BENCH_WORKLOADS"
+has_part cycle && workloads="$workloads cycle"
+impls_of() {
+	case $1 in
+		cycle) echo "raw agentretry" ;;
+		*) echo "raw agentretry plpgsql" ;;
+	esac
+}
+
+results=$BENCH_RESULTS
 mkdir -p "$results"
 runs=$results/runs.tsv
+sweeps=$results/sweeps.tsv
 logdir=$results/logs
 rm -rf "$logdir"
 mkdir -p "$logdir"
 
-command_line="BENCH_SECONDS=$BENCH_SECONDS BENCH_ROUNDS=$BENCH_ROUNDS BENCH_CLIENTS=$BENCH_CLIENTS BENCH_THREADS=$BENCH_THREADS BENCH_REPLAY_KEYS=$BENCH_REPLAY_KEYS BENCH_WORKLOADS='$BENCH_WORKLOADS' BENCH_SYNC='$BENCH_SYNC' bench/run.sh"
+command_line="BENCH_PARTS='$BENCH_PARTS'"
+has_part core || has_part cycle &&
+	command_line="$command_line BENCH_SECONDS=$BENCH_SECONDS BENCH_ROUNDS=$BENCH_ROUNDS BENCH_CLIENTS=$BENCH_CLIENTS BENCH_THREADS=$BENCH_THREADS BENCH_SYNC='$BENCH_SYNC'"
+has_part core &&
+	command_line="$command_line BENCH_REPLAY_KEYS=$BENCH_REPLAY_KEYS BENCH_WORKLOADS='$BENCH_WORKLOADS'"
+has_part cycle &&
+	command_line="$command_line BENCH_CYCLE_POOL=$BENCH_CYCLE_POOL"
+has_part sweep &&
+	command_line="$command_line BENCH_SWEEP_SIZES='$BENCH_SWEEP_SIZES' BENCH_SWEEP_DUE=$BENCH_SWEEP_DUE BENCH_SWEEP_WAITING=$BENCH_SWEEP_WAITING BENCH_SWEEP_ROUNDS=$BENCH_SWEEP_ROUNDS"
+command_line="$command_line bench/run.sh"
+
+if has_part sweep; then
+	# Room for the largest table: about 320 bytes a row with its indexes,
+	# as much again in WAL before the checkpoint after loading it, and the
+	# smaller tables beside it.
+	need_mb=0
+	for size in $BENCH_SWEEP_SIZES; do need_mb=$((need_mb + size * 700 / 1048576)); done
+	free_mb=$(df -Pm "$(dirname "$AR_BASE")" | awk 'NR == 2 {print $4}')
+	if [ "$need_mb" -gt "$free_mb" ]; then
+		echo "the sweep part needs about $need_mb MB in $(dirname "$AR_BASE"), $free_mb MB are free: lower BENCH_SWEEP_SIZES" >&2
+		exit 1
+	fi
+	if [ "$BENCH_SWEEP_DUE" -lt 3 ] || [ "$BENCH_SWEEP_DUE" -gt 100000 ]; then
+		echo "BENCH_SWEEP_DUE must be between 3 and 100000 (sweep's max)" >&2
+		exit 1
+	fi
+fi
 
 if [ "$BENCH_BUILD" = 1 ]; then
 	(cd "$root" && source test/setup.sh)
@@ -71,10 +136,14 @@ psql_q() {
 	psql -X -q -v ON_ERROR_STOP=1 -d "$db" "$@"
 }
 
-echo "setting up (replay keys: $BENCH_REPLAY_KEYS per implementation)"
 psql_q <<SQL
 CREATE EXTENSION agentretry;
 \i $here/raw_floor.sql
+SQL
+
+if has_part core; then
+	echo "setting up core (replay keys: $BENCH_REPLAY_KEYS per implementation)"
+	psql_q <<SQL
 \i $here/plpgsql_reference.sql
 -- the side effect of pattern A, shared by the three implementations
 CREATE TABLE bench_effects (key text PRIMARY KEY, amount integer NOT NULL);
@@ -88,17 +157,50 @@ SELECT count(agentretry.complete(k, (agentretry.claim(k, a)).lease_token, '{"ok"
 SELECT count(plpgsql_ref.complete(k, (plpgsql_ref.claim(k, a)).lease_token, '{"ok": true}'))
 	FROM (SELECT 'r' || g AS k, '{"to": "ops@example.com", "amount": 42}'::jsonb AS a
 		  FROM generate_series(1, $BENCH_REPLAY_KEYS) g) s;
-VACUUM ANALYZE;
 SQL
 
-# the replay keys must all replay, or the replay workload measures something else
-for t in "agentretry.operations" "plpgsql_ref.operations" "raw_operations"; do
-	n=$(psql_q -At -c "SELECT count(*) FROM $t WHERE state = 'succeeded' AND key LIKE 'r%'")
-	if [ "$n" != "$BENCH_REPLAY_KEYS" ]; then
-		echo "setup failed: $t has $n succeeded replay keys, expected $BENCH_REPLAY_KEYS" >&2
-		exit 1
-	fi
-done
+	# the replay keys must all replay, or the replay workload measures something else
+	for t in "agentretry.operations" "plpgsql_ref.operations" "raw_operations"; do
+		n=$(psql_q -At -c "SELECT count(*) FROM $t WHERE state = 'succeeded' AND key LIKE 'r%'")
+		if [ "$n" != "$BENCH_REPLAY_KEYS" ]; then
+			echo "setup failed: $t has $n succeeded replay keys, expected $BENCH_REPLAY_KEYS" >&2
+			exit 1
+		fi
+	done
+fi
+
+if has_part cycle; then
+	echo "setting up cycle (pool: $BENCH_CYCLE_POOL due retries per implementation)"
+	# bench_retry: every failure before execution is retried at once, and
+	# a key never runs out of attempts (each fails once in the cycle).
+	# The pool: a pick-up sees the due rows committed when its statement
+	# began, and while one client waits for a CPU the others may lease all
+	# of them (at 15000 cycles/s, a hundred take 7 ms); a thousand keep
+	# the pick-up from coming back empty, which aborts the pgbench client.
+	psql_q <<SQL
+SELECT name AS registered FROM agentretry.register_tool('bench_retry', 'idempotent', 'write',
+	max_attempts => 1000, base_delay => '0', max_delay => '0');
+INSERT INTO raw_retries (key, state, next_at)
+	SELECT 'p' || g, 'retry_wait', now() FROM generate_series(1, $BENCH_CYCLE_POOL) g;
+SELECT count(agentretry.fail(k, (agentretry.claim(k, a, 'bench_retry')).lease_token,
+							 'transient', 'pre_execution'))
+	FROM (SELECT 'p' || g AS k, '{"to": "ops@example.com", "amount": 42}'::jsonb AS a
+		  FROM generate_series(1, $BENCH_CYCLE_POOL) g) s;
+SQL
+	# the pool must be due, or claim_due finds nothing and pgbench aborts
+	for q in "agentretry.operations WHERE state = 'retry_wait' AND next_attempt_at <= now()" \
+		"raw_retries WHERE state = 'retry_wait' AND next_at <= now()"; do
+		n=$(psql_q -At -c "SELECT count(*) FROM $q")
+		if [ "$n" != "$BENCH_CYCLE_POOL" ]; then
+			echo "setup failed: $n due retries in $q, expected $BENCH_CYCLE_POOL" >&2
+			exit 1
+		fi
+	done
+fi
+
+if has_part core || has_part cycle; then
+	psql_q -c "VACUUM ANALYZE"
+fi
 
 # one pgbench run; appends "workload sync impl round tps build" to $runs
 run_one() {
@@ -127,19 +229,26 @@ run_one() {
 	printf '  %-9s sync=%-3s %-10s round %s: %10.1f tps\n' "$workload" "$sync" "$impl" "$round" "$tps"
 }
 
-total=0
-for _ in $BENCH_SYNC; do for _ in $BENCH_WORKLOADS; do total=$((total + 1)); done; done
-echo "running $((total * BENCH_ROUNDS * ${#impls[@]})) pgbench runs of ${BENCH_SECONDS} s each"
-
 : >"$runs"
 started=$(date -u '+%Y-%m-%d %H:%M:%S UTC')
+if [ -n "${workloads// /}" ]; then
+	total=0
+	for _ in $BENCH_SYNC; do
+		for workload in $workloads; do
+			for _ in $(impls_of "$workload"); do total=$((total + 1)); done
+		done
+	done
+	echo "running $((total * BENCH_ROUNDS)) pgbench runs of ${BENCH_SECONDS} s each"
+fi
 for sync in $BENCH_SYNC; do
-	for workload in $BENCH_WORKLOADS; do
+	for workload in $workloads; do
+		read -r -a impls <<<"$(impls_of "$workload")"
 		for ((round = 1; round <= BENCH_ROUNDS; round++)); do
-			if ((round % 2)); then
-				order=("${impls[@]}")
-			else
-				order=("${impls[2]}" "${impls[1]}" "${impls[0]}")
+			order=("${impls[@]}")
+			if ! ((round % 2)); then
+				for ((i = 0; i < ${#impls[@]}; i++)); do
+					order[i]=${impls[${#impls[@]} - 1 - i]}
+				done
 			fi
 			for impl in "${order[@]}"; do
 				run_one "$workload" "$sync" "$impl" "$round"
@@ -148,10 +257,104 @@ for sync in $BENCH_SYNC; do
 	done
 done
 
+# The sweep: one database per size, each with agentretry.operations filled
+# by sweep_data.sql.  A round resets the due rows of a size and times one
+# sweep(BENCH_SWEEP_DUE) from the client (psql's \timing: the call and its
+# commit).  Before the reset the session calls sweep once, so that the
+# timed call measures the work on the rows and not the preparation of its
+# plans and the loading of catalogs, the same at any size; after the reset,
+# VACUUM and CHECKPOINT leave every round the same table to work on.
+# Autovacuum is off for these tables: the VACUUM of each round does its
+# work at a time that is not measured.
+: >"$sweeps"
+sweep_sizes=()
+has_part sweep && read -r -a sweep_sizes <<<"$BENCH_SWEEP_SIZES"
+sweep_db() {
+	echo "bench_sweep_$1"
+}
+sweep_facts=""
+for size in "${sweep_sizes[@]}"; do
+	echo "setting up sweep: $size operations, $BENCH_SWEEP_DUE due, $BENCH_SWEEP_WAITING in flight not due"
+	t0=$(date +%s)
+	psql_q -c "CREATE DATABASE $(sweep_db "$size")"
+	if ! db=$(sweep_db "$size") psql_q >"$logdir/sweep_setup_$size.log" 2>&1 <<SQL; then
+CREATE EXTENSION agentretry;
+ALTER TABLE agentretry.operations SET (autovacuum_enabled = off);
+\i $here/sweep_data.sql
+SELECT sweep_bench_load($size, $BENCH_SWEEP_DUE, $BENCH_SWEEP_WAITING);
+VACUUM ANALYZE agentretry.operations;
+CHECKPOINT;
+SQL
+		echo "setup failed for the sweep on $size operations:" >&2
+		cat "$logdir/sweep_setup_$size.log" >&2
+		exit 1
+	fi
+	n=$(db=$(sweep_db "$size") psql_q -At -c "SELECT count(*) FROM agentretry.operations")
+	if [ "$n" != "$size" ]; then
+		echo "setup failed: $(sweep_db "$size") has $n operations, expected $size" >&2
+		exit 1
+	fi
+	mb=$(db=$(sweep_db "$size") psql_q -At -c "SELECT pg_total_relation_size('agentretry.operations') / 1048576")
+	sweep_facts="$sweep_facts $size: $mb MB, loaded in $(($(date +%s) - t0)) s;"
+done
+
+# what one sweep of the due rows must report: a third of them each
+# expired, dead-lettered and purged (the purge takes the remainder)
+third=$((BENCH_SWEEP_DUE / 3))
+sweep_expect="$third|$third|$((BENCH_SWEEP_DUE - 2 * third))|0|f"
+
+sweep_one() {
+	local size=$1 round=$2
+	local log=$logdir/sweep_${size}_${round}.log
+	local got ms
+
+	if ! psql -X -q -At -v ON_ERROR_STOP=1 -d "$(sweep_db "$size")" >"$log" 2>&1 <<SQL; then
+SELECT FROM agentretry.sweep(1);
+SELECT FROM sweep_bench_due($BENCH_SWEEP_DUE);
+TRUNCATE agentretry.events;
+VACUUM agentretry.operations;
+CHECKPOINT;
+\\timing on
+SELECT 'sweep', leases_expired, deadlines_exceeded, operations_purged, events_purged, more
+	FROM agentretry.sweep($BENCH_SWEEP_DUE);
+SQL
+		echo "sweep failed on $size operations:" >&2
+		cat "$log" >&2
+		exit 1
+	fi
+	got=$(sed -n 's/^sweep|//p' "$log")
+	if [ "$got" != "$sweep_expect" ]; then
+		echo "sweep on $size operations did other work than expected (expired|dead-lettered|purged|events|more):" >&2
+		echo "  expected $sweep_expect, got $got" >&2
+		exit 1
+	fi
+	ms=$(sed -n 's/^Time: \([0-9.]*\) ms.*$/\1/p' "$log" | tail -1)
+	[ -n "$ms" ] || { echo "no time in $log" >&2; exit 1; }
+	printf '%s\t%s\t%s\t%s\n' "$size" "$round" "$ms" "$(so_sum)" >>"$sweeps"
+	printf '  sweep %11s operations round %s: %10.1f ms\n' "$size" "$round" "$ms"
+}
+
+if [ ${#sweep_sizes[@]} -gt 0 ]; then
+	echo "running $((${#sweep_sizes[@]} * BENCH_SWEEP_ROUNDS)) timed sweeps of $BENCH_SWEEP_DUE due operations"
+fi
+for ((round = 1; round <= BENCH_SWEEP_ROUNDS && ${#sweep_sizes[@]} > 0; round++)); do
+	order=("${sweep_sizes[@]}")
+	if ! ((round % 2)); then
+		for ((i = 0; i < ${#sweep_sizes[@]}; i++)); do
+			order[i]=${sweep_sizes[${#sweep_sizes[@]} - 1 - i]}
+		done
+	fi
+	for size in "${order[@]}"; do
+		sweep_one "$size" "$round"
+	done
+done
+
 # Mean tps per cell, ratios and targets.  Targets (DESIGN.md section 8):
 # claim -> complete and pattern A at least 0.85x the floor and 1.5x
 # PL/pgSQL; replay at least 0.8x the floor.
-table=$(awk -F'\t' -v workloads="$BENCH_WORKLOADS" -v syncs="$BENCH_SYNC" '
+table=""
+if has_part core; then
+	table=$(awk -F'\t' -v workloads="$BENCH_WORKLOADS" -v syncs="$BENCH_SYNC" '
 	{
 		sum[$1, $2, $3] += $5; n[$1, $2, $3]++
 		if (!(($1, $2, $3) in lo) || $5 < lo[$1, $2, $3]) lo[$1, $2, $3] = $5
@@ -183,44 +386,135 @@ table=$(awk -F'\t' -v workloads="$BENCH_WORKLOADS" -v syncs="$BENCH_SYNC" '
 		print ""
 		print "Spread between rounds ((max - min) / mean): " spreads
 	}' "$runs")
+fi
+
+# The retry cycle: agentretry at least 0.7x the floor.  One pgbench
+# transaction is one whole cycle (four commits on either side).
+cycle_table=""
+if has_part cycle; then
+	cycle_table=$(awk -F'\t' -v syncs="$BENCH_SYNC" '
+	$1 == "cycle" {
+		sum[$2, $3] += $5; n[$2, $3]++
+		if (!(($2, $3) in lo) || $5 < lo[$2, $3]) lo[$2, $3] = $5
+		if ($5 > hi[$2, $3]) hi[$2, $3] = $5
+	}
+	function mean(s, i) { return sum[s, i] / n[s, i] }
+	function spread(s, i) { return mean(s, i) > 0 ? 100 * (hi[s, i] - lo[s, i]) / mean(s, i) : 0 }
+	END {
+		print "| workload | sync commit | cycles/s raw | cycles/s agentretry | x raw | target | met? |"
+		print "|---|---|---:|---:|---:|---|---|"
+		ns = split(syncs, ss, " ")
+		for (b = 1; b <= ns; b++) {
+			s = ss[b]; r = mean(s, "raw"); e = mean(s, "agentretry"); vr = e / r
+			met = (vr >= 0.70)
+			printf "| retry cycle: claim, fail, claim_due, complete (four commits) | %s | %.0f | %.0f | %.2f | >= 0.70x raw | %s |\n",
+				s, r, e, vr, met ? "yes" : "NO"
+			spreads = spreads sprintf("cycle/%s: raw %.1f%%, agentretry %.1f%%; ",
+				s, spread(s, "raw"), spread(s, "agentretry"))
+		}
+		print ""
+		print "Spread between rounds ((max - min) / mean): " spreads
+	}' "$runs")
+fi
+
+# The sweep: median time per size and the ratio of each size to the
+# smallest; target: the largest at most 1.3x the smallest.
+sweep_table=""
+if has_part sweep; then
+	sweep_table=$(sort -t$'\t' -k1,1n -k3,3n "$sweeps" | awk -F'\t' -v sizes="$BENCH_SWEEP_SIZES" -v due="$BENCH_SWEEP_DUE" '
+	{ t[$1, ++n[$1]] = $3 }
+	function median(s, k) {
+		k = n[s]
+		return k % 2 ? t[s, (k + 1) / 2] : (t[s, k / 2] + t[s, k / 2 + 1]) / 2
+	}
+	END {
+		print "| operations in the table | due | sweep ms, median | min | max | x smallest |"
+		print "|---:|---:|---:|---:|---:|---:|"
+		nz = split(sizes, zs, " ")
+		base = median(zs[1])
+		for (a = 1; a <= nz; a++) {
+			z = zs[a]
+			printf "| %d | %d | %.1f | %.1f | %.1f | %.2f |\n", z, due, median(z), t[z, 1], t[z, n[z]], median(z) / base
+		}
+		last = median(zs[nz]) / base
+		met = (last <= 1.30)
+		print ""
+		printf "Sweep of %d due operations, %d vs %d operations: %.2fx (target <= 1.30x: %s)\n",
+			due, zs[nz], zs[1], last, met ? "yes" : "NO"
+	}')
+fi
 
 # the build a run measured is the one installed when its connections opened
-builds=$(cut -f6 "$runs" | sort -u | tr '\n' ' ')
+builds=$( (cut -f6 "$runs"; cut -f4 "$sweeps") | sort -u | tr '\n' ' ')
 so_note="agentretry.so md5 $so_before"
 if [ "$builds" != "$so_before " ] || [ "$(so_sum)" != "$so_before" ]; then
 	so_note="$so_note, REPLACED during the run (runs measured: ${builds% }; see the last column below)"
 	echo "warning: $so was replaced during the run" >&2
 fi
 
+db=postgres
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-facts=$(cat <<FACTS
+facts=$(
+	cat <<FACTS
 - command: \`$command_line\`
 - started: $started; finished: $(date -u '+%Y-%m-%d %H:%M:%S UTC')
 - machine: $(uname -srm), $(nproc) CPUs ($cpu), $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM
 - server: $(psql_q -At -c "SELECT version()" | cut -d, -f1); shared_buffers $(psql_q -At -c "SHOW shared_buffers"), fsync on, server and pgbench on the same host
 - agentretry: commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD -- src sql 2>/dev/null || echo " with uncommitted changes in src/ or sql/"), extension $(psql_q -At -c "SELECT extversion FROM pg_extension WHERE extname = 'agentretry'"), $so_note
-- pgbench: -M prepared -c $BENCH_CLIENTS -j $BENCH_THREADS -T $BENCH_SECONDS, $BENCH_ROUNDS round(s) per cell in mirrored order, mean tps; synchronous_commit set per connection (PGOPTIONS)
-- replay: $BENCH_REPLAY_KEYS succeeded keys per implementation, uniformly random key per claim
 FACTS
+	if has_part core || has_part cycle; then
+		echo "- pgbench: -M prepared -c $BENCH_CLIENTS -j $BENCH_THREADS -T $BENCH_SECONDS, $BENCH_ROUNDS round(s) per cell in mirrored order, mean tps; synchronous_commit set per connection (PGOPTIONS)"
+	fi
+	if has_part core; then
+		echo "- replay: $BENCH_REPLAY_KEYS succeeded keys per implementation, uniformly random key per claim"
+	fi
+	if has_part cycle; then
+		echo "- retry cycle: $BENCH_CYCLE_POOL due retries seeded per implementation; tool bench_retry idempotent, base_delay and max_delay 0, max_attempts 1000"
+	fi
+	if has_part sweep; then
+		echo "- sweep: $BENCH_SWEEP_ROUNDS round(s) per size in mirrored order, median; each table holds $BENCH_SWEEP_DUE due operations (a third each expired leases, retries past deadline and grace, terminal rows past TTL), $BENCH_SWEEP_WAITING in flight not due, the rest succeeded and not yet expired; synchronous_commit on; tables:$sweep_facts"
+	fi
 )
+
+report() {
+	if [ -n "$table" ]; then
+		echo "$table"
+		echo
+	fi
+	if [ -n "$cycle_table" ]; then
+		echo "$cycle_table"
+		echo
+	fi
+	if [ -n "$sweep_table" ]; then
+		echo "$sweep_table"
+		echo
+	fi
+	echo "$facts"
+}
 
 {
 	echo "# agentretry benchmark"
 	echo
-	echo "$table"
-	echo
-	echo "$facts"
-	echo
-	echo "Per run (workload, synchronous_commit, implementation, round, tps, agentretry.so md5):"
-	echo
-	echo '```'
-	cat "$runs"
-	echo '```'
+	report
+	if [ -s "$runs" ]; then
+		echo
+		echo "Per run (workload, synchronous_commit, implementation, round, tps, agentretry.so md5):"
+		echo
+		echo '```'
+		cat "$runs"
+		echo '```'
+	fi
+	if [ -s "$sweeps" ]; then
+		echo
+		echo "Per sweep (operations, round, ms, agentretry.so md5):"
+		echo
+		echo '```'
+		cat "$sweeps"
+		echo '```'
+	fi
 } >"$results/latest.md"
 
 echo
-echo "$table"
+report
 echo
-echo "$facts"
-echo
-echo "written to bench/results/latest.md"
+echo "written to $results/latest.md"

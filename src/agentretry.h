@@ -321,15 +321,6 @@ extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,
 								   const char *reason);
-/*
- * When a leased or waiting operation becomes actionable: a retry's due
- * time, a lease's expiry.  Exactly the expression that the partial index
- * operations_due indexes, so that queries writing it use the index.
- */
-#define AR_DUE_AT \
-	"(CASE WHEN o.state = 'retry_wait' THEN o.next_attempt_at" \
-	" ELSE o.lease_expires_at END)"
-
 extern void expire_lease(Operation *op, TimestampTz now, Decision *d);
 extern bool retry_too_late(const Operation *op, TimestampTz now);
 extern void dead_letter(Operation *op, const char *reason, TimestampTz now);

@@ -219,13 +219,20 @@ ar_spi_end(void)
  * Prepare sql once per backend into *cache and keep it: the plan cache
  * revalidates it after DDL.  Must run under ar_spi_begin(), so that the
  * plan is made with search_path pinned.
+ *
+ * Always a generic plan: every statement here is written for one plan
+ * (primary-key probes, or an ordered scan of a partial index with a
+ * LIMIT), and letting the plan cache weigh custom plans would re-plan
+ * claim_due's query on every call (its LIMIT and time parameters make a
+ * custom plan look cheaper), a third of its cost.
  */
 SPIPlanPtr
 ar_prepare(SPIPlanPtr *cache, const char *sql, int nargs, const Oid *argtypes)
 {
 	if (*cache == NULL)
 	{
-		SPIPlanPtr	plan = SPI_prepare(sql, nargs, (Oid *) argtypes);
+		SPIPlanPtr	plan = SPI_prepare_cursor(sql, nargs, (Oid *) argtypes,
+											  CURSOR_OPT_GENERIC_PLAN);
 
 		if (plan == NULL)
 			elog(ERROR, "agentretry: SPI_prepare failed: %s",

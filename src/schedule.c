@@ -4,8 +4,10 @@
  *	  claim_due(): lease the retries that agentretry scheduled.
  *
  * Retry workers poll claim_due() (or LISTEN on channel agentretry, which
- * the sweep notifies).  One query finds due rows through the partial index
- * operations_due, oldest due first, and locks them FOR UPDATE SKIP LOCKED:
+ * the sweep notifies).  One query finds due retries through the partial
+ * index operations_retry_due, another expired leases through
+ * operations_lease_expiry, each oldest due first, and both lock FOR UPDATE
+ * SKIP LOCKED:
  * a row another worker (or a claim, a sweep, an operator) holds is passed
  * over, never waited for, so concurrent workers never block each other and
  * never lease one row twice.  Each locked row then goes through the same
@@ -32,31 +34,41 @@
 
 #define CLAIM_DUE_MAX 1000
 
-/*
- * Expired leases are taken only for idempotent tools: for the others the
- * decision is a verification, which a retry worker cannot do (the sweep
- * makes it; a claim of the key hands it out).
- */
-#define DUE_SQL \
+/* due retries, oldest first */
+#define DUE_RETRIES_SQL \
 	"SELECT %s, o.args FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.tenant = $1 AND o.state IN ('in_progress', 'retry_wait')" \
-	" AND " AR_DUE_AT " <= $2" \
+	" WHERE o.tenant = $1 AND o.state = 'retry_wait' AND o.next_attempt_at <= $2" \
 	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))" \
-	" AND (o.state = 'retry_wait' OR t.idempotency = 'idempotent')" \
-	" ORDER BY " AR_DUE_AT \
+	" ORDER BY o.next_attempt_at" \
 	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
 
-static SPIPlanPtr due_plan;
+/*
+ * Expired leases, oldest first, only of idempotent tools: for the others
+ * the decision is a verification, which a retry worker cannot do (the
+ * sweep makes it; a claim of the key hands it out).
+ */
+#define EXPIRED_LEASES_SQL \
+	"SELECT %s, o.args FROM agentretry.operations o" AR_POLICY_JOINS \
+	" WHERE o.tenant = $1 AND o.state = 'in_progress' AND o.lease_expires_at <= $2" \
+	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))" \
+	" AND t.idempotency = 'idempotent'" \
+	" ORDER BY o.lease_expires_at" \
+	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+
+static SPIPlanPtr retries_plan;
+static SPIPlanPtr leases_plan;
 
 static SPIPlanPtr
-prepare_due_plan(void)
+prepare_due_plan(bool leases)
 {
 	static const Oid argtypes[4] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTARRAYOID};
+	SPIPlanPtr *cache = leases ? &leases_plan : &retries_plan;
 
-	if (due_plan == NULL)
-		return ar_prepare(&due_plan, psprintf(DUE_SQL, operation_select_list),
+	if (*cache == NULL)
+		return ar_prepare(cache, psprintf(leases ? EXPIRED_LEASES_SQL : DUE_RETRIES_SQL,
+										  operation_select_list),
 						  4, argtypes);
-	return due_plan;
+	return *cache;
 }
 
 /* max: 1 to CLAIM_DUE_MAX */
@@ -114,44 +126,82 @@ put_leased(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
+/* a locked candidate row: the operation, its args and when it fell due */
+typedef struct DueRow
+{
+	Operation	op;
+	Datum		args;
+	TimestampTz due;
+} DueRow;
+
+static int
+due_row_cmp(const void *a, const void *b)
+{
+	TimestampTz x = ((const DueRow *) a)->due;
+	TimestampTz y = ((const DueRow *) b)->due;
+
+	return x < y ? -1 : x > y ? 1 : 0;
+}
+
+/* run one candidate query and append its locked rows to rows[*n] */
+static void
+fetch_due(bool leases, const char *tenant, Datum tools, bool tools_null,
+		  int want, TimestampTz now, DueRow *rows, int *n)
+{
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', tools_null ? 'n' : ' '};
+	SPITupleTable *tt;
+	uint64		got;
+	uint64		i;
+
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = TimestampTzGetDatum(now);
+	values[2] = Int32GetDatum(want);
+	values[3] = tools;
+	got = ar_execute(prepare_due_plan(leases), values, nulls, false, 0);
+	tt = SPI_tuptable;			/* kept until SPI_finish */
+	for (i = 0; i < got; i++)
+	{
+		DueRow	   *r = &rows[(*n)++];
+		bool		isnull;
+
+		memset(&r->op, 0, sizeof(r->op));
+		operation_from_row(tt->vals[i], tt->tupdesc, &r->op);
+		r->args = SPI_getbinval(tt->vals[i], tt->tupdesc,
+								AR_OP_SELECT_NCOLUMNS + 1, &isnull);
+		r->due = leases ? r->op.lease_expires_at : r->op.next_attempt_at;
+	}
+}
+
 /*
- * Lock up to want due rows and make their transitions; returns how many
- * rows were locked (0: nothing due is left that nobody holds) and adds
- * the leases to the result.
+ * Lock up to want due retries and up to want expired leases, and make the
+ * transitions of the want that fell due first (oldest due first across
+ * both kinds).  The others stay as they are; their row locks end with the
+ * caller's statement or transaction, and meanwhile other workers skip
+ * them.  Returns how many rows were handled (0: nothing due is left that
+ * nobody holds) and adds the leases to the result.
  */
-static uint64
+static int
 lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
 				bool tools_null, int want, const ClaimRequest *req,
 				int *leased)
 {
-	Datum		values[4];
-	char		nulls[4] = {' ', ' ', ' ', tools_null ? 'n' : ' '};
-	SPITupleTable *rows;
-	uint64		n;
-	uint64		i;
+	DueRow	   *rows = palloc(sizeof(DueRow) * want * 2);
+	int			n = 0;
+	int			i;
 
-	values[0] = CStringGetTextDatum(tenant);
-	values[1] = TimestampTzGetDatum(req->now);
-	values[2] = Int32GetDatum(want);
-	values[3] = tools;
-	n = ar_execute(prepare_due_plan(), values, nulls, false, 0);
-	rows = SPI_tuptable;		/* kept until SPI_finish; later calls make new ones */
-
+	fetch_due(false, tenant, tools, tools_null, want, req->now, rows, &n);
+	fetch_due(true, tenant, tools, tools_null, want, req->now, rows, &n);
+	qsort(rows, n, sizeof(DueRow), due_row_cmp);
+	n = Min(n, want);
 	for (i = 0; i < n; i++)
 	{
-		Operation	op;
 		ClaimAnswer a;
-		bool		isnull;
-		Datum		args;
 
-		memset(&op, 0, sizeof(op));
-		operation_from_row(rows->vals[i], rows->tupdesc, &op);
-		args = SPI_getbinval(rows->vals[i], rows->tupdesc,
-							 AR_OP_SELECT_NCOLUMNS + 1, &isnull);
-		claim_transition(&op, req, &a);
+		claim_transition(&rows[i].op, req, &a);
 		if (a.outcome == OUT_EXECUTE)
 		{
-			put_leased(rsinfo, &op, args, &a);
+			put_leased(rsinfo, &rows[i].op, rows[i].args, &a);
 			(*leased)++;
 		}
 	}
@@ -187,7 +237,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
 	ClaimRequest req;
 	int			leased = 0;
-	uint64		examined = 0;
+	int			examined = 0;
 
 	memset(&req, 0, sizeof(req));
 	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
@@ -199,9 +249,9 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin();
 	/* rows that end without a lease do not count; bound the extra work */
-	while (leased < max && examined < (uint64) max * 4)
+	while (leased < max && examined < max * 4)
 	{
-		uint64		n = lease_due_batch(rsinfo, tenant, tools, tools_null,
+		int			n = lease_due_batch(rsinfo, tenant, tools, tools_null,
 										max - leased, &req, &leased);
 
 		if (n == 0)

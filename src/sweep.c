@@ -4,7 +4,8 @@
  *	  sweep(): the background housekeeping that pg_cron runs every minute.
  *
  * Four bounded steps, each reading only the rows it acts on through a
- * partial index (operations_due, operations_expiry, events_at), so its cost
+ * partial index (operations_lease_expiry, operations_retry_due,
+ * operations_expiry, events_at), so its cost
  * follows the number of due rows, not the size of the tables:
  *
  *	1. expired execution leases are decided as ambiguous failures (as a
@@ -42,8 +43,7 @@
 /* $1 now, $2 max; both queries re-check their condition under the lock */
 #define EXPIRED_LEASES_SQL \
 	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.state IN ('in_progress', 'retry_wait')" \
-	" AND o.state = 'in_progress' AND " AR_DUE_AT " <= $1" \
+	" WHERE o.state = 'in_progress' AND o.lease_expires_at <= $1" \
 	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
 
 /*
@@ -52,8 +52,7 @@
  */
 #define PAST_DEADLINE_SQL \
 	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.state IN ('in_progress', 'retry_wait')" \
-	" AND o.state = 'retry_wait' AND " AR_DUE_AT " <= $1" \
+	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1" \
 	" AND (o.deadline < $3 OR o.next_attempt_at > o.deadline)" \
 	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
 
@@ -89,8 +88,7 @@
 
 #define DUE_COUNT_SQL \
 	"SELECT count(*) FROM agentretry.operations o" \
-	" WHERE o.state IN ('in_progress', 'retry_wait')" \
-	" AND o.state = 'retry_wait' AND " AR_DUE_AT " <= $1"
+	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1"
 
 static SPIPlanPtr expired_plan;
 static SPIPlanPtr deadline_plan;
