@@ -212,6 +212,17 @@ COMMENT ON TABLE agentretry.tenant_policies IS
 	'per-tenant policy overrides; tool ''*'' applies to every tool of the tenant; NULL fields are not overridden';
 SELECT pg_catalog.pg_extension_config_dump('agentretry.tenant_policies', '');
 
+-- Backends cache whether any tenant has a policy (the hot statements skip
+-- the lookups while none has); every change tells them to ask again.
+CREATE FUNCTION agentretry.invalidate_cache()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'agentretry_invalidate_cache'
+LANGUAGE C;
+COMMENT ON FUNCTION agentretry.invalidate_cache() IS
+	'trigger: make every backend forget what it cached about this table (internal)';
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON agentretry.tenant_policies FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
+
 CREATE FUNCTION agentretry.set_tenant_policy(
 	tenant text,
 	tool text DEFAULT NULL,
@@ -489,6 +500,7 @@ COMMENT ON VIEW agentretry.verify_queue IS
 REVOKE ALL ON agentretry.tenant_policies, agentretry.token_floors, agentretry.in_flight,
 	agentretry.dead_letters, agentretry.verify_queue FROM PUBLIC;
 REVOKE ALL ON FUNCTION
+	agentretry.invalidate_cache(),
 	agentretry.check_policy(integer, interval, interval, double precision, interval, interval, interval, text),
 	agentretry.set_tenant_policy(text, text, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text),
 	agentretry.drop_tenant_policy(text, text),

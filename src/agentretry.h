@@ -360,6 +360,21 @@ typedef struct ClaimAnswer
 extern void claim_transition(Operation *op, const ClaimRequest *req,
 							 ClaimAnswer *a);
 
+/* cache.c: does an optional table hold rows?  (cached per backend) */
+typedef struct RowsFlag
+{
+	const char *relname;		/* table in schema agentretry */
+	const char *sql;			/* SELECT EXISTS (...) */
+	Oid			relid;
+	bool		registered;
+	bool		known;
+	bool		value;
+	SPIPlanPtr	plan;
+} RowsFlag;
+
+extern bool cached_flag(RowsFlag *flag);
+extern bool tenant_policies_exist(void);
+
 /* events.c */
 typedef struct EventData
 {

@@ -72,7 +72,8 @@ const char *const operation_select_list = OP_SELECT;
  * A policy field of the merged policy, in SQL: the tenant's row for the
  * tool, the tenant's row for every tool, the tool's row, in that order.
  * For the hot statements (a new key, complete), which need one field and
- * not the whole policy.
+ * not the whole policy; while no tenant has a policy (the usual case,
+ * cached per backend) they read the tool's row alone (TOOL_FIELD).
  */
 #define TENANT_FIELD(field, tenant, tool) \
 	"(SELECT p." field " FROM agentretry.tenant_policies p" \
@@ -82,13 +83,17 @@ const char *const operation_select_list = OP_SELECT;
 	"(SELECT t." field " FROM agentretry.tools t WHERE t.name = " tool ")"
 
 /* the fencing check is the WHERE clause */
-#define COMPLETE_SQL \
+/* the same, when no tenant has a policy (tenant_policies_exist) */
+#define TOOL_FIELD(field, tool) \
+	"(SELECT t." field " FROM agentretry.tools t WHERE t.name = " tool ")"
+
+#define COMPLETE_SQL(ttl) \
 	"UPDATE agentretry.operations o SET" \
 	" state = 'succeeded', result = $4, compensate_tool = $5," \
 	" compensate_args = $6, reason = $7, lease_expires_at = NULL," \
 	" next_attempt_at = NULL, completed_at = $8, updated_at = $8," \
 	" state_since = $8," \
-	" expires_at = $8 + coalesce(" TENANT_FIELD("ttl", "o.tenant", "o.tool") ", $9)" \
+	" expires_at = $8 + coalesce(" ttl ", $9)" \
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
 	" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
 
@@ -96,9 +101,12 @@ enum
 {
 	PLAN_LOAD_LOCK,
 	PLAN_INSERT,
+	PLAN_INSERT_TOOL,
 	PLAN_STORE,
 	PLAN_COMPLETE,
 	PLAN_COMPLETE_RETURNING,
+	PLAN_COMPLETE_TOOL,
+	PLAN_COMPLETE_RETURNING_TOOL,
 	PLAN_ROW,
 	NUM_PLANS
 };
@@ -117,20 +125,29 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 		" WHERE o.tenant = $1 AND o.key = $2 FOR UPDATE OF o",
 		2, {TEXTOID, TEXTOID}
 	},
-	[PLAN_INSERT] = {
-		"INSERT INTO agentretry.operations AS o"
-		" (tenant, key, op_hash, args, tool, state, attempts, lease_token,"
-		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at,"
-		"  deadline, run_id, step, created_at, updated_at, state_since)"
-		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1,"
-		"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6,"
-		"  $7 + coalesce($8, " TENANT_FIELD("lease", "$1", "$5") ", $9),"
-		"  $7, $7, $7 + coalesce(" TENANT_FIELD("deadline", "$1", "$5") "),"
-		"  $10, $11, $7, $7, $7)"
-		" ON CONFLICT (tenant, key) DO NOTHING"
-		" RETURNING o.lease_expires_at, o.deadline, o.lease_token",
-		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID,
+#define INSERT_SQL(lease, deadline) \
+		"INSERT INTO agentretry.operations AS o" \
+		" (tenant, key, op_hash, args, tool, state, attempts, lease_token," \
+		"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at," \
+		"  deadline, run_id, step, created_at, updated_at, state_since)" \
+		" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1," \
+		"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6," \
+		"  $7 + coalesce($8, " lease ", $9)," \
+		"  $7, $7, $7 + " deadline "," \
+		"  $10, $11, $7, $7, $7)" \
+		" ON CONFLICT (tenant, key) DO NOTHING" \
+		" RETURNING o.lease_expires_at, o.deadline, o.lease_token"
+#define INSERT_ARGTYPES \
+		11, {TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID, \
 		TIMESTAMPTZOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID}
+	[PLAN_INSERT] = {
+		INSERT_SQL(TENANT_FIELD("lease", "$1", "$5"),
+				   "coalesce(" TENANT_FIELD("deadline", "$1", "$5") ")"),
+		INSERT_ARGTYPES
+	},
+	[PLAN_INSERT_TOOL] = {
+		INSERT_SQL(TOOL_FIELD("lease", "$5"), TOOL_FIELD("deadline", "$5")),
+		INSERT_ARGTYPES
 	},
 	[PLAN_STORE] = {
 		"UPDATE agentretry.operations SET"
@@ -150,16 +167,23 @@ static const PlanDef plan_defs[NUM_PLANS] = {
 			TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 	},
-	[PLAN_COMPLETE] = {
-		COMPLETE_SQL,
-		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID,
+#define COMPLETE_ARGTYPES \
+		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, \
 		TIMESTAMPTZOID, INTERVALOID}
+#define COMPLETE_RETURNING " RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step"
+	[PLAN_COMPLETE] = {
+		COMPLETE_SQL(TENANT_FIELD("ttl", "o.tenant", "o.tool")), COMPLETE_ARGTYPES
 	},
 	[PLAN_COMPLETE_RETURNING] = {
-		COMPLETE_SQL
-		" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step",
-		9, {TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID,
-		TIMESTAMPTZOID, INTERVALOID}
+		COMPLETE_SQL(TENANT_FIELD("ttl", "o.tenant", "o.tool")) COMPLETE_RETURNING,
+		COMPLETE_ARGTYPES
+	},
+	[PLAN_COMPLETE_TOOL] = {
+		COMPLETE_SQL(TOOL_FIELD("ttl", "o.tool")), COMPLETE_ARGTYPES
+	},
+	[PLAN_COMPLETE_RETURNING_TOOL] = {
+		COMPLETE_SQL(TOOL_FIELD("ttl", "o.tool")) COMPLETE_RETURNING,
+		COMPLETE_ARGTYPES
 	},
 	[PLAN_ROW] = {
 		"SELECT o FROM agentretry.operations o"
@@ -524,7 +548,8 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	param_text(values, nulls, 9, op->run_id);
 	param_text(values, nulls, 10, op->step);
 
-	if (run_plan(PLAN_INSERT, values, nulls, false) == 0)
+	if (run_plan(tenant_policies_exist() ? PLAN_INSERT : PLAN_INSERT_TOOL,
+				 values, nulls, false) == 0)
 		return false;
 
 	tup = SPI_tuptable->vals[0];
@@ -641,6 +666,7 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
+	int			which;
 
 	memset(nulls, ' ', sizeof(nulls));
 	values[0] = CStringGetTextDatum(op->tenant);
@@ -659,8 +685,11 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
 
-	if (run_plan(for_event ? PLAN_COMPLETE_RETURNING : PLAN_COMPLETE,
-				 values, nulls, false) == 0)
+	if (tenant_policies_exist())
+		which = for_event ? PLAN_COMPLETE_RETURNING : PLAN_COMPLETE;
+	else
+		which = for_event ? PLAN_COMPLETE_RETURNING_TOOL : PLAN_COMPLETE_TOOL;
+	if (run_plan(which, values, nulls, false) == 0)
 		return false;
 	op->state = OP_SUCCEEDED;
 	op->lease_token = lease_token;

@@ -198,6 +198,20 @@ agentretry_tier_defaults(PG_FUNCTION_ARGS)
 
 static SPIPlanPtr effective_plan;
 
+static RowsFlag tenant_policies_flag = {
+	"tenant_policies", "SELECT EXISTS (SELECT FROM agentretry.tenant_policies)"
+};
+
+/*
+ * Has any tenant a policy?  Without, the hot statements read the tool's
+ * policy alone.
+ */
+bool
+tenant_policies_exist(void)
+{
+	return cached_flag(&tenant_policies_flag);
+}
+
 static char *
 usec_text(int64 usec)
 {

@@ -1,0 +1,96 @@
+/*-------------------------------------------------------------------------
+ *
+ * cache.c
+ *	  Per-backend knowledge of whether optional tables hold any row.
+ *
+ * The hot statements (a new key, a completion) need not consult tables
+ * that are usually empty, such as tenant_policies.  Whether such a table
+ * has rows is cached per backend; a statement trigger on the table
+ * (invalidate_cache) invalidates the table's relcache entry, which every
+ * backend processes when its next transaction starts, and the relcache
+ * callback here forgets the cached answer.
+ *
+ * src/cache.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "commands/trigger.h"
+#include "fmgr.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/rel.h"
+
+#include "agentretry.h"
+
+#define MAX_FLAGS 8
+
+static RowsFlag *flags[MAX_FLAGS];
+static int	nflags = 0;
+static bool callback_registered = false;
+
+static void
+rows_relcache_callback(Datum arg, Oid relid)
+{
+	int			i;
+
+	for (i = 0; i < nflags; i++)
+		if (relid == InvalidOid || relid == flags[i]->relid)
+			flags[i]->known = false;
+}
+
+/*
+ * Does the query of flag (SELECT EXISTS ...) answer true?  Asked once per
+ * backend until the table changes.  Must run under ar_spi_begin().
+ */
+bool
+cached_flag(RowsFlag *flag)
+{
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(rows_relcache_callback, (Datum) 0);
+		callback_registered = true;
+	}
+	if (!flag->registered)
+	{
+		if (nflags >= MAX_FLAGS)
+			elog(ERROR, "agentretry: too many cached flags");
+		flags[nflags++] = flag;
+		flag->registered = true;
+	}
+	if (!flag->known)
+	{
+		bool		isnull;
+
+		flag->relid = get_relname_relid(flag->relname,
+										get_namespace_oid("agentretry", false));
+		ar_execute(ar_prepare(&flag->plan, flag->sql, 0, NULL), NULL, NULL, true, 0);
+		flag->value = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+												 SPI_tuptable->tupdesc, 1, &isnull));
+		flag->known = true;
+	}
+	return flag->value;
+}
+
+PG_FUNCTION_INFO_V1(agentretry_invalidate_cache);
+
+/*
+ * invalidate_cache() returns trigger
+ *
+ * Statement trigger: every backend forgets what it cached about this
+ * table, once this transaction commits.
+ */
+Datum
+agentretry_invalidate_cache(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("invalidate_cache() must be called as a trigger")));
+	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
+	return PointerGetDatum(NULL);
+}
