@@ -5,6 +5,7 @@ OBJS = \
 	src/agentretry.o \
 	src/backoff.o \
 	src/cache.o \
+	src/budget.o \
 	src/claim.o \
 	src/decide.o \
 	src/events.o \

@@ -5,7 +5,7 @@
  *
  * The SQL-callable functions live beside what they implement: claim.c,
  * lease.c, outcome.c, decide.c, backoff.c, op_hash.c, policy.c,
- * schedule.c (claim_due), sweep.c, operator.c (requeue, cancel).
+ * schedule.c (claim_due), sweep.c, operator.c (requeue, cancel), budget.c.
  *
  * src/agentretry.c
  *
@@ -29,6 +29,7 @@ int			ar_max_payload = 1024 * 1024;
 int			ar_event_retention_sec = 30 * SECS_PER_DAY;
 bool		ar_trace_all = false;
 int			ar_deadline_grace_sec = 60;
+int			ar_run_max_retries = 5;
 
 void		_PG_init(void);
 
@@ -81,6 +82,14 @@ _PG_init(void)
 							&ar_deadline_grace_sec,
 							60, 0, SECS_PER_DAY,
 							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.run_max_retries",
+							gettext_noop("Most retry events allowed per run_id."),
+							gettext_noop("A retry beyond it is denied and dead-lettered (budget_exhausted)."),
+							&ar_run_max_retries,
+							5, 0, INT_MAX,
+							PGC_SUSET, 0,
 							NULL, NULL, NULL);
 
 #if PG_VERSION_NUM >= 150000

@@ -46,6 +46,7 @@ extern int	ar_max_payload;
 extern int	ar_event_retention_sec;
 extern bool ar_trace_all;
 extern int	ar_deadline_grace_sec;
+extern int	ar_run_max_retries;
 
 /*
  * C mirrors of the SQL enums.  The order matches the SQL label order; the
@@ -322,6 +323,8 @@ extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,
 								   const char *reason);
 extern void expire_lease(Operation *op, TimestampTz now, Decision *d);
+extern void budget_deny(Decision *d, TimestampTz deadline, TimestampTz at,
+						TimestampTz now);
 extern bool retry_too_late(const Operation *op, TimestampTz now);
 extern void dead_letter(Operation *op, const char *reason, TimestampTz now);
 extern void apply_failure(Operation *op, FailureClass failure,
@@ -374,6 +377,13 @@ typedef struct RowsFlag
 
 extern bool cached_flag(RowsFlag *flag);
 extern bool tenant_policies_exist(void);
+
+/* budget.c: retry budgets and the per-run limit */
+extern bool budget_allow_retry(const Operation *op, FailureClass fc,
+							   TimestampTz now, TimestampTz *retry_at,
+							   const char **reason);
+extern void budget_count_first_attempt(const Operation *op, const char *owner,
+									   TimestampTz now);
 
 /* events.c */
 typedef struct EventData

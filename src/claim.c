@@ -44,10 +44,23 @@ answer_init(ClaimAnswer *a, Outcome outcome, const Operation *op)
 	a->reason = op->reason;
 }
 
+static bool
+reason_is(const Operation *op, const char *reason)
+{
+	return op->reason != NULL && strcmp(op->reason, reason) == 0;
+}
+
+/*
+ * A terminal answer.  An operation dead-lettered because a budget denied
+ * its retry answers denied with no retry_at: not before an operator acts.
+ */
 static void
 answer_terminal(ClaimAnswer *a, const Operation *op)
 {
-	answer_init(a, op->state == OP_DEAD ? OUT_DEAD : OUT_CANCELLED, op);
+	Outcome		outcome = op->state == OP_CANCELLED ? OUT_CANCELLED :
+		reason_is(op, "budget_exhausted") ? OUT_DENIED : OUT_DEAD;
+
+	answer_init(a, outcome, op);
 	a->result = JsonbPGetDatum(operation_last_error(op));
 	a->has_result = true;
 }
@@ -109,7 +122,8 @@ answer_without_transition(const Operation *op, TimestampTz now, ClaimAnswer *a)
 		case OP_RETRY_WAIT:
 			if (op->next_attempt_at != TS_NONE && op->next_attempt_at > now)
 			{
-				answer_init(a, OUT_WAIT, op);
+				/* waiting for a budget to allow the retry: denied until then */
+				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
 				a->retry_at = op->next_attempt_at;
 				return true;
 			}
@@ -182,7 +196,43 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	}
 }
 
-/* A due retry starts, unless it is too late for the deadline. */
+/*
+ * A retry that waited for a budget has not paid yet: it pays now, or waits
+ * again (denied until the budget allows it), or, when that would be after
+ * the deadline, is dead-lettered.  Returns whether it may start.
+ */
+static bool
+pay_budget_wait(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
+{
+	Decision	d;
+	TimestampTz allowed_at;
+	const char *why;
+	FailureClass fc = op->failure_class >= 0 ? (FailureClass) op->failure_class : FC_TRANSIENT;
+
+	if (budget_allow_retry(op, fc, req->now, &allowed_at, &why))
+		return true;
+	d.action = ACT_RETRY;
+	d.retry_at = req->now;
+	d.delay = 0;
+	budget_deny(&d, op->deadline, allowed_at, req->now);
+	if (d.action == ACT_DEAD)
+	{
+		dead_letter(op, d.reason, req->now);
+		answer_terminal(a, op);
+		return false;
+	}
+	op->next_attempt_at = d.retry_at;
+	operation_store(op, req->now);
+	answer_init(a, OUT_DENIED, op);
+	a->retry_at = d.retry_at;
+	return false;
+}
+
+/*
+ * A due retry starts, unless it is too late for the deadline or a budget
+ * it waited for still denies it.  (An operator's requeue is not checked
+ * against budgets: its reason is requeued.)
+ */
 static void
 start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
@@ -192,6 +242,8 @@ start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 		answer_terminal(a, op);
 		return;
 	}
+	if (reason_is(op, "budget_wait") && !pay_budget_wait(op, req, a))
+		return;
 	issue_lease(op, req, false, a);
 }
 
@@ -320,6 +372,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 		op.lease_owner = (char *) req.owner;
 		if (operation_insert(&op, args, req.lease, req.now))
 		{
+			budget_count_first_attempt(&op, req.owner, req.now);
 			if (ar_trace_all)
 				record_simple_event("claim", &op, NULL, req.now);
 			answer_init(&answer, OUT_EXECUTE, &op);

@@ -811,6 +811,31 @@ dead_letter(Operation *op, const char *reason, TimestampTz now)
 }
 
 /*
+ * Turn a retry that the budgets denied into a wait for the budget, if it
+ * allows the retry (at `at`) before the deadline (budget_wait), else into
+ * a dead-letter (budget_exhausted).  Shared with claims that start a
+ * retry which waited for a budget.
+ */
+void
+budget_deny(Decision *d, TimestampTz deadline, TimestampTz at, TimestampTz now)
+{
+	if (at != TS_NONE && (deadline == TS_NONE || at <= deadline))
+	{
+		d->reason = "budget_wait";
+		if (at > d->retry_at)
+		{
+			d->retry_at = at;
+			d->delay = at - now;
+		}
+		return;
+	}
+	d->action = ACT_DEAD;
+	d->reason = "budget_exhausted";
+	d->retry_at = TS_NONE;
+	d->delay = USEC_NONE;
+}
+
+/*
  * Record a failed attempt of op and apply the decision to op (the caller
  * stores it).  elapsed is how long ago the failure really happened (an
  * expired lease failed at its expiry); that much of the backoff has already
@@ -840,6 +865,14 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	in.deadline = op->deadline;
 	in.now = now;
 	decide_failure(&in, d);
+	if (d->action == ACT_RETRY)
+	{
+		TimestampTz allowed_at;
+		const char *why;
+
+		if (!budget_allow_retry(op, failure, now, &allowed_at, &why))
+			budget_deny(d, op->deadline, allowed_at, now);
+	}
 
 	op->failure_class = failure;
 	op->failure_phase = phase == PHASE_UNKNOWN ? -1 : (int) phase;

@@ -14,7 +14,8 @@
  *	   dead-lettered, at most max;
  *	3. terminal operations past their TTL are deleted, at most max, and
  *	   their tenant's token floor raised to their highest fencing token;
- *	4. events past agentretry.event_retention are deleted, at most max.
+ *	4. events past agentretry.event_retention are deleted, at most max,
+ *	   and so are budget ledger rows (and run counters idle as long).
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
@@ -86,6 +87,22 @@
 	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)" \
 	" SELECT count(*) FROM gone"
 
+/* retention of the budget ledger and of idle run counters: as events */
+#define PURGE_LEDGER_SQL \
+	"WITH gone AS (" \
+	" DELETE FROM agentretry.budget_ledger e USING (" \
+	"  SELECT x.tenant, x.id FROM agentretry.budget_ledger x" \
+	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2" \
+	"  FOR UPDATE SKIP LOCKED) d" \
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)," \
+	" idle_runs AS (" \
+	" DELETE FROM agentretry.run_retries r USING (" \
+	"  SELECT x.tenant, x.run_id FROM agentretry.run_retries x" \
+	"  WHERE x.updated_at < $1 ORDER BY x.updated_at LIMIT $2" \
+	"  FOR UPDATE SKIP LOCKED) d" \
+	" WHERE r.tenant = d.tenant AND r.run_id = d.run_id)" \
+	" SELECT count(*) FROM gone"
+
 #define DUE_COUNT_SQL \
 	"SELECT count(*) FROM agentretry.operations o" \
 	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1"
@@ -94,6 +111,7 @@ static SPIPlanPtr expired_plan;
 static SPIPlanPtr deadline_plan;
 static SPIPlanPtr purge_ops_plan;
 static SPIPlanPtr purge_events_plan;
+static SPIPlanPtr purge_ledger_plan;
 static SPIPlanPtr due_count_plan;
 
 static const Oid now_max_types[3] = {TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
@@ -188,7 +206,7 @@ PG_FUNCTION_INFO_V1(agentretry_sweep);
  *
  * One bounded round of housekeeping (see the file header); returns
  * (leases_expired, deadlines_exceeded, operations_purged, events_purged,
- * due_retries, more).  more is true when a step stopped at max: call
+ * due_retries, more, ledger_purged).  more is true when a step stopped at max: call
  * again.  NOTIFY agentretry carries due_retries when it is not zero.
  */
 Datum
@@ -196,11 +214,12 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 {
 	int			max;
 	TimestampTz now = GetCurrentTimestamp();
-	int			counts[4];
+	int			counts[5];
 	int64		due;
 	TupleDesc	desc;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, false, false};
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
+	TimestampTz retention_start = ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC);
 	int			i;
 
 	check_not_null(fcinfo, 0, "max");
@@ -215,9 +234,8 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	counts[0] = expire_leases(now, max);
 	counts[1] = dead_letter_past_deadline(now, max);
 	counts[2] = purge(&purge_ops_plan, PURGE_OPERATIONS_SQL, now, max);
-	counts[3] = purge(&purge_events_plan, PURGE_EVENTS_SQL,
-					  ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC),
-					  max);
+	counts[3] = purge(&purge_events_plan, PURGE_EVENTS_SQL, retention_start, max);
+	counts[4] = purge(&purge_ledger_plan, PURGE_LEDGER_SQL, retention_start, max);
 	due = count_due(now);
 	ar_spi_end();
 
@@ -233,5 +251,8 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 			values[5] = BoolGetDatum(true);
 	}
 	values[4] = Int64GetDatum(due);
+	values[6] = Int32GetDatum(counts[4]);
+	if (counts[4] >= max)
+		values[5] = BoolGetDatum(true);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }
