@@ -100,7 +100,7 @@ COMMENT ON TABLE agentretry.budget_ledger IS
 COMMENT ON COLUMN agentretry.budget_ledger.scope IS
 	'tenant, user or tool, or run for the per-run limit';
 COMMENT ON COLUMN agentretry.budget_ledger.balance_after IS
-	'tokens left in the whole budget after this row (all stripes, refilled to at); NULL for ratio and run rows';
+	'tokens in the whole budget after this row (all stripes, refilled to at); NULL for ratio-only budgets and run rows';
 CREATE INDEX budget_ledger_subject ON agentretry.budget_ledger (tenant, scope, subject, at);
 CREATE INDEX budget_ledger_at ON agentretry.budget_ledger (at);
 SELECT pg_catalog.pg_extension_config_dump('agentretry.budget_ledger', '');
@@ -123,16 +123,10 @@ SELECT pg_catalog.pg_extension_config_dump('agentretry.run_retries', '');
 -- The sweep purges ledger rows with the events' retention.
 ALTER TYPE agentretry.sweep_summary ADD ATTRIBUTE ledger_purged integer;
 
--- Every change to budgets tells each backend's cache (which knows whether
--- any budget exists, so that operations without budgets pay nothing).
-CREATE FUNCTION agentretry.budgets_changed()
-RETURNS trigger
-AS 'MODULE_PATHNAME', 'agentretry_budgets_changed'
-LANGUAGE C;
-COMMENT ON FUNCTION agentretry.budgets_changed() IS
-	'trigger: invalidate the per-backend cache of budgets (internal)';
-CREATE TRIGGER budgets_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
-	ON agentretry.budgets FOR EACH STATEMENT EXECUTE FUNCTION agentretry.budgets_changed();
+-- Backends cache whether any budget exists, so that operations without
+-- budgets pay nothing; every change tells them to ask again.
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON agentretry.budgets FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
 
 CREATE FUNCTION agentretry.set_budget(
 	tenant text,
@@ -163,6 +157,11 @@ BEGIN
 	IF octet_length(t) NOT BETWEEN 1 AND 128 OR octet_length(subject) NOT BETWEEN 1 AND 128 THEN
 		RAISE EXCEPTION 'tenant and subject must be 1 to 128 bytes long'
 			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF scope = 'tenant' AND subject IS DISTINCT FROM t THEN
+		RAISE EXCEPTION 'the subject of a tenant budget is its tenant'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('tenant is %s, subject is %s.', t, subject);
 	END IF;
 	IF capacity IS NULL AND ratio IS NULL THEN
 		RAISE EXCEPTION 'a budget needs a capacity, a ratio, or both'
@@ -238,15 +237,24 @@ COMMENT ON FUNCTION agentretry.set_budget(text, agentretry.budget_scope, text, d
 
 CREATE FUNCTION agentretry.drop_budget(tenant text, scope agentretry.budget_scope, subject text)
 RETURNS boolean
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-	WITH gone AS (
-		DELETE FROM agentretry.budgets b
-		WHERE b.tenant = coalesce(drop_budget.tenant, 'default')
-		  AND b.scope = drop_budget.scope AND b.subject = drop_budget.subject
-		RETURNING 1)
-	SELECT count(*) > 0 FROM gone
+DECLARE
+	t text := coalesce(drop_budget.tenant, 'default');
+BEGIN
+	IF scope IS NULL OR subject IS NULL THEN
+		RAISE EXCEPTION 'scope and subject must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(t) NOT BETWEEN 1 AND 128 OR octet_length(subject) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant and subject must be 1 to 128 bytes long'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	DELETE FROM agentretry.budgets b
+	WHERE b.tenant = t AND b.scope = drop_budget.scope AND b.subject = drop_budget.subject;
+	RETURN FOUND;
+END
 $$;
 COMMENT ON FUNCTION agentretry.drop_budget(text, agentretry.budget_scope, text) IS
 	'remove a retry budget (its ledger rows stay); false when there was none';
@@ -287,7 +295,6 @@ COMMENT ON VIEW agentretry.budget_status IS
 REVOKE ALL ON agentretry.budgets, agentretry.budget_stripes, agentretry.budget_ledger,
 	agentretry.run_retries, agentretry.budget_status FROM PUBLIC;
 REVOKE ALL ON FUNCTION
-	agentretry.budgets_changed(),
 	agentretry.set_budget(text, agentretry.budget_scope, text, double precision, double precision, double precision, double precision, double precision, interval, integer, integer),
 	agentretry.drop_budget(text, agentretry.budget_scope, text)
 FROM PUBLIC;

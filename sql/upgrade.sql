@@ -136,14 +136,14 @@ ALTER EXTENSION agentretry UPDATE;
 SELECT extversion, array(SELECT c::regclass::text FROM unnest(extconfig) c ORDER BY 1) AS config_tables
 FROM pg_extension WHERE extname = 'agentretry';
 
--- what 0.2.0 added (not listing the columns of new relations); nothing
+-- what the updates added (0.2.0 and 0.3.0; not listing the columns of new relations); nothing
 -- was removed
 SELECT a.object FROM ar_objects() a
 WHERE a.object NOT IN (SELECT v.object FROM v010_objects v)
 	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v010_objects v))
 ORDER BY 1;
 SELECT object FROM v010_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
--- what 0.2.0 changed
+-- what the updates changed
 SELECT v.object FROM v010_objects v JOIN ar_objects() a USING (object)
 WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
 -- the same objects, defined the same way, as in the fresh install (today
@@ -158,7 +158,7 @@ SELECT object || ': ' || definition AS only_in_upgraded FROM ar_objects()
 EXCEPT SELECT unnest(string_to_array(:'fresh_objects', E'\n')) ORDER BY 1;
 
 --
--- the 0.1.0 rows after the update: unchanged, and served by 0.2.0
+-- the 0.1.0 rows after the update: unchanged, and served by the new version
 --
 SELECT o.key, o.state, o.state_since,
 	(o.tenant, o.key, o.op_hash, o.args, o.tool, o.state, o.attempts, o.lease_token,
@@ -191,7 +191,7 @@ FROM agentretry.operations WHERE key = 'up-dead';
 SELECT key, attempt, lease_token FROM agentretry.claim_due('worker-1');
 SELECT agentretry.complete('up-dead', 4, '{"receipt": 9}');
 SELECT key, state, attempts, lease_token, result FROM agentretry.operations ORDER BY key;
--- and the rest of 0.2.0 works in the upgraded database
+-- and the rest of 0.2.0 works in the upgraded database (budgets: test/pgtap/budgets.sql)
 SELECT tenant, tool, max_attempts FROM agentretry.set_tenant_policy('acme', 'up_idem', max_attempts => 5);
 SELECT field, value, source FROM agentretry.effective_policy('acme', 'up_idem') WHERE source <> 'default';
 SELECT * FROM agentretry.sweep();

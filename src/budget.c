@@ -33,9 +33,8 @@
  * them, so concurrent retries may exceed a ratio budget by at most their
  * number; token buckets are exact.
  *
- * Operations of tenants without budgets pay one cached lookup: whether any
- * budget exists is cached per backend and forgotten when a trigger on
- * agentretry.budgets invalidates the table's relcache entry.
+ * Operations pay nothing for budgets while none exists: whether any budget
+ * (any ratio budget) exists is cached per backend (cache.c).
  *
  * src/budget.c
  *
@@ -47,11 +46,9 @@
 
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
-#include "commands/trigger.h"
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
@@ -91,82 +88,14 @@ static SPIPlanPtr stripe_update_plan;
 static SPIPlanPtr ledger_plan;
 static SPIPlanPtr run_lock_plan;
 static SPIPlanPtr run_update_plan;
-static SPIPlanPtr any_budget_plan;
 
-/* per-backend cache: does agentretry.budgets hold any row, any ratio? */
-static bool any_budget_known = false;
-static bool any_budget = false;
-static bool any_ratio = false;
-static Oid	budgets_relid = InvalidOid;
-static bool budget_callback_registered = false;
-
-static void
-budgets_relcache_callback(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == budgets_relid)
-		any_budget_known = false;
-}
-
-static void
-load_budget_flags(void)
-{
-	if (!budget_callback_registered)
-	{
-		CacheRegisterRelcacheCallback(budgets_relcache_callback, (Datum) 0);
-		budget_callback_registered = true;
-	}
-	if (!any_budget_known)
-	{
-		bool		isnull;
-
-		budgets_relid = get_relname_relid("budgets", get_namespace_oid("agentretry", false));
-		ar_execute(ar_prepare(&any_budget_plan,
-							  "SELECT EXISTS (SELECT FROM agentretry.budgets),"
-							  " EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)",
-							  0, NULL),
-				   NULL, NULL, true, 0);
-		any_budget = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-												SPI_tuptable->tupdesc, 1, &isnull));
-		any_ratio = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-											   SPI_tuptable->tupdesc, 2, &isnull));
-		any_budget_known = true;
-	}
-}
-
-static bool
-budgets_exist(void)
-{
-	load_budget_flags();
-	return any_budget;
-}
-
-static bool
-ratio_budgets_exist(void)
-{
-	load_budget_flags();
-	return any_ratio;
-}
-
-PG_FUNCTION_INFO_V1(agentretry_budgets_changed);
-
-/*
- * budgets_changed() returns trigger
- *
- * Statement trigger on agentretry.budgets: every backend forgets whether
- * budgets exist, when this transaction commits.
- */
-Datum
-agentretry_budgets_changed(PG_FUNCTION_ARGS)
-{
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		ereport(ERROR,
-				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
-				 errmsg("budgets_changed() must be called as a trigger")));
-	CacheInvalidateRelcacheByRelid(RelationGetRelid(trigdata->tg_relation));
-	return PointerGetDatum(NULL);
-}
+/* per-backend caches (cache.c): does any budget exist, any ratio budget? */
+static RowsFlag any_budget_flag = {
+	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets)"
+};
+static RowsFlag any_ratio_flag = {
+	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)"
+};
 
 /* the budgets of op's tenant that apply to its owner and tool */
 static int
@@ -500,17 +429,20 @@ refill_time(const Budget *b, double cost, double best_stripe, TimestampTz now)
 	return ts_add_usec(now, (int64) ceil(seconds * USECS_PER_SEC));
 }
 
-/* the fullest stripe of b, refilled to now (read without locks) */
+/*
+ * The fullest stripe of b, refilled to now (read without locks); *tokens
+ * is what all stripes hold.
+ */
 static double
-fullest_stripe(const Operation *op, const Budget *b, TimestampTz now)
+fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
+			   double *tokens)
 {
-	double		tokens,
-				firsts,
+	double		firsts,
 				retries;
 	uint64		i;
 	double		best = 0;
 
-	budget_totals(op, b, now, &tokens, &firsts, &retries);
+	budget_totals(op, b, now, tokens, &firsts, &retries);
 	for (i = 0; i < SPI_processed; i++)
 	{
 		bool		isnull;
@@ -546,7 +478,7 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 		ledger(op, "run", op->run_id, 1, 0, false, *reason, fc, TS_NONE, now);
 		return false;
 	}
-	if (budgets_exist())
+	if (cached_flag(&any_budget_flag))
 		n = applicable_budgets(op, op->lease_owner, fc, false, budgets);
 
 	/* phase 1: every budget locks a stripe that can pay, or denies */
@@ -571,9 +503,11 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 		}
 		if (!lock_stripe(op, b, b->cost, now))
 		{
+			double		tokens;
+
 			*reason = "denied_tokens";
-			*retry_at = refill_time(b, b->cost, fullest_stripe(op, b, now), now);
-			ledger(op, b->scope, b->subject, b->cost, 0, false, *reason, fc, *retry_at, now);
+			*retry_at = refill_time(b, b->cost, fullest_stripe(op, b, now, &tokens), now);
+			ledger(op, b->scope, b->subject, b->cost, tokens, true, *reason, fc, *retry_at, now);
 			return false;
 		}
 	}
@@ -613,7 +547,7 @@ budget_count_first_attempt(const Operation *op, const char *owner,
 	int			n;
 	int			i;
 
-	if (!ratio_budgets_exist())
+	if (!cached_flag(&any_ratio_flag))
 		return;
 	n = applicable_budgets(op, owner, FC_TRANSIENT, true, budgets);
 	for (i = 0; i < n; i++)

@@ -182,7 +182,7 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 			else
 			{
 				operation_store(op, req->now);
-				answer_init(a, OUT_WAIT, op);
+				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
 				a->retry_at = op->next_attempt_at;
 			}
 			break;
@@ -223,6 +223,7 @@ pay_budget_wait(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	}
 	op->next_attempt_at = d.retry_at;
 	operation_store(op, req->now);
+	record_simple_event("denied", op, why, req->now);
 	answer_init(a, OUT_DENIED, op);
 	a->retry_at = d.retry_at;
 	return false;
