@@ -372,6 +372,7 @@ typedef struct RowsFlag
 	bool		registered;
 	bool		known;
 	bool		value;
+	uint64		generation;		/* counts invalidations, for dependent caches */
 	SPIPlanPtr	plan;
 } RowsFlag;
 

@@ -17,11 +17,14 @@
  * Hot budgets.  A budget's tokens and counters are split over `stripes`
  * rows.  A debit takes the first stripe, starting from one chosen by the
  * backend's PID, that can pay and that nobody holds (FOR UPDATE SKIP
- * LOCKED); only when no free stripe can pay does it wait for the held ones
- * (FOR UPDATE, re-checked after the wait), so a denial is never caused by
- * a lock and no stripe is ever overdrawn.  Concurrent transactions of one
- * tenant therefore queue on one row only when more of them retry at once
- * than there are stripes.
+ * LOCKED), and never waits: no stripe is ever overdrawn, concurrent
+ * transactions of one tenant never queue on a budget, and none can
+ * deadlock on stripes.  The price: when every stripe that could pay is
+ * held by a running transaction, the retry is denied although a held
+ * stripe may still have tokens; it is then scheduled a second later
+ * (budget_wait), when the holder will most likely have ended, and checked
+ * again.  This needs a nearly empty budget and as many concurrent payers
+ * as stripes.
  *
  * Token buckets refill lazily: a stripe stores its tokens as of
  * refilled_at and gains refill_per_sec / stripes per second, up to
@@ -31,10 +34,12 @@
  * is allowed while retries + 1 <= max(ratio_floor, ratio x first
  * attempts).  The ratio check reads the other stripes without locking
  * them, so concurrent retries may exceed a ratio budget by at most their
- * number; token buckets are exact.
+ * number, and a first attempt finding every stripe held is not counted
+ * (which errs on the strict side); token buckets never overdraw.
  *
  * Operations pay nothing for budgets while none exists: whether any budget
- * (any ratio budget) exists is cached per backend (cache.c).
+ * (any ratio budget) exists is cached per backend (cache.c), and so are the
+ * budgets of the tenants a backend has served, until budgets change.
  *
  * src/budget.c
  *
@@ -47,47 +52,65 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "agentretry.h"
 
 #define MAX_BUDGETS 4			/* run + tenant + user + tool */
 
-/* a budget that applies to an operation, as read from agentretry.budgets */
+/* a budget, as defined in agentretry.budgets (cached per backend) */
 typedef struct Budget
 {
-	const char *scope;
-	const char *subject;
+	char	   *scope;
+	char	   *subject;
 	bool		has_bucket;
 	double		capacity;
 	double		refill;			/* tokens per second, whole budget */
-	double		cost;			/* of this retry */
+	double		cost_transient;
+	double		cost_ambiguous;
 	bool		has_ratio;
 	double		ratio;
 	int64		window;			/* usec */
 	int			floor;
 	int			stripes;
-	/* phase 1: the stripe locked to pay, and what it holds */
-	int			stripe;
-	double		available;		/* its tokens refilled to now */
-	TimestampTz win_start;
-	int64		cur_first;
-	int64		cur_retries;
-	int64		prev_first;
-	int64		prev_retries;
 } Budget;
 
-static SPIPlanPtr applicable_plan;
-static SPIPlanPtr lock_free_plan;
-static SPIPlanPtr lock_wait_plan;
-static SPIPlanPtr counters_plan;
-static SPIPlanPtr stripe_update_plan;
-static SPIPlanPtr ledger_plan;
-static SPIPlanPtr run_lock_plan;
-static SPIPlanPtr run_update_plan;
+/* what debiting one budget did: the stripe it paid from, and the totals */
+typedef struct Debit
+{
+	const Budget *b;
+	double		cost;
+	int			stripe;
+	double		balance;		/* all stripes, refilled, after the debit */
+	double		firsts;			/* sliding counts, all stripes, after it */
+	double		retries;
+} Debit;
+
+/* the budgets of one tenant, cached until agentretry.budgets changes */
+typedef struct TenantBudgets
+{
+	char	   *tenant;
+	int			n;
+	Budget	   *budgets;
+	struct TenantBudgets *next;
+} TenantBudgets;
+
+static MemoryContext budget_cache_cxt = NULL;
+static TenantBudgets *budget_cache = NULL;
+static uint64 budget_cache_generation = 0;
+
+static SPIPlanPtr tenant_budgets_plan;
+static SPIPlanPtr debit_plan;
+static SPIPlanPtr refund_plan;
+static SPIPlanPtr fullest_plan;
+static SPIPlanPtr run_debit_plan;
+static SPIPlanPtr run_refund_plan;
 
 /* per-backend caches (cache.c): does any budget exist, any ratio budget? */
 static RowsFlag any_budget_flag = {
@@ -97,93 +120,206 @@ static RowsFlag any_ratio_flag = {
 	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)"
 };
 
-/* the budgets of op's tenant that apply to its owner and tool */
-static int
-applicable_budgets(const Operation *op, const char *owner, FailureClass fc,
-				   bool ratio_only, Budget *out)
+/* read the tenant's budgets into the cache */
+static TenantBudgets *
+load_tenant_budgets(const char *tenant)
 {
-	static const Oid types[3] = {TEXTOID, TEXTOID, TEXTOID};
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	static const Oid types[1] = {TEXTOID};
+	Datum		values[1] = {CStringGetTextDatum(tenant)};
+	MemoryContext old;
+	TenantBudgets *tb;
 	uint64		n;
 	uint64		i;
-	int			count = 0;
 
-	values[0] = CStringGetTextDatum(op->tenant);
-	if (owner)
-		values[1] = CStringGetTextDatum(owner);
-	else
-		nulls[1] = 'n';
-	values[2] = CStringGetTextDatum(op->tool);
-	n = ar_execute(ar_prepare(&applicable_plan,
+	n = ar_execute(ar_prepare(&tenant_budgets_plan,
 							  "SELECT b.scope::text, b.subject, b.capacity, b.refill_per_sec,"
 							  " b.cost_transient, b.cost_ambiguous, b.ratio,"
 							  " b.ratio_window, b.ratio_floor, b.stripes"
 							  " FROM agentretry.budgets b WHERE b.tenant = $1"
-							  " AND ((b.scope = 'tenant' AND b.subject = $1)"
-							  "   OR (b.scope = 'user' AND b.subject = $2)"
-							  "   OR (b.scope = 'tool' AND b.subject = $3))"
 							  " ORDER BY b.scope, b.subject",
-							  3, types),
-				   values, nulls, true, 0);
-	for (i = 0; i < n && count < MAX_BUDGETS - 1; i++)
+							  1, types),
+				   values, NULL, true, 0);
+	old = MemoryContextSwitchTo(budget_cache_cxt);
+	tb = palloc0(sizeof(TenantBudgets));
+	tb->tenant = pstrdup(tenant);
+	tb->n = (int) n;
+	tb->budgets = palloc0(sizeof(Budget) * Max(n, 1));
+	for (i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Budget	   *b = &out[count];
+		Budget	   *b = &tb->budgets[i];
 		bool		isnull;
 		Datum		d;
 
-		memset(b, 0, sizeof(*b));
 		b->scope = SPI_getvalue(tup, desc, 1);
 		b->subject = SPI_getvalue(tup, desc, 2);
 		d = SPI_getbinval(tup, desc, 3, &isnull);
 		b->has_bucket = !isnull;
 		b->capacity = isnull ? 0 : DatumGetFloat8(d);
 		b->refill = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
-		b->cost = DatumGetFloat8(SPI_getbinval(tup, desc, fc == FC_AMBIGUOUS ? 6 : 5, &isnull));
+		b->cost_transient = DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull));
+		b->cost_ambiguous = DatumGetFloat8(SPI_getbinval(tup, desc, 6, &isnull));
 		d = SPI_getbinval(tup, desc, 7, &isnull);
 		b->has_ratio = !isnull;
 		b->ratio = isnull ? 0 : DatumGetFloat8(d);
 		b->window = interval_usec(DatumGetIntervalP(SPI_getbinval(tup, desc, 8, &isnull)));
 		b->floor = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 		b->stripes = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
+	}
+	tb->next = budget_cache;
+	budget_cache = tb;
+	MemoryContextSwitchTo(old);
+	return tb;
+}
+
+/*
+ * The budgets that apply to op (tenant scope, user scope for owner, tool
+ * scope for its tool), into out[]; only those with a ratio when
+ * ratio_only.  Returns how many.
+ */
+static int
+applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
+				   const Budget **out)
+{
+	TenantBudgets *tb;
+	int			count = 0;
+	int			i;
+
+	if (!cached_flag(&any_budget_flag))
+		return 0;
+	if (ratio_only && !cached_flag(&any_ratio_flag))
+		return 0;
+	if (budget_cache_cxt == NULL)
+		budget_cache_cxt = AllocSetContextCreate(TopMemoryContext,
+												 "agentretry budgets",
+												 ALLOCSET_SMALL_SIZES);
+	if (budget_cache_generation != any_budget_flag.generation)
+	{
+		MemoryContextReset(budget_cache_cxt);
+		budget_cache = NULL;
+		budget_cache_generation = any_budget_flag.generation;
+	}
+	for (tb = budget_cache; tb != NULL; tb = tb->next)
+		if (strcmp(tb->tenant, op->tenant) == 0)
+			break;
+	if (tb == NULL)
+		tb = load_tenant_budgets(op->tenant);
+
+	for (i = 0; i < tb->n && count < MAX_BUDGETS; i++)
+	{
+		const Budget *b = &tb->budgets[i];
+		const char *want = strcmp(b->scope, "tenant") == 0 ? op->tenant :
+			strcmp(b->scope, "user") == 0 ? owner : op->tool;
+
+		if (want == NULL || strcmp(b->subject, want) != 0)
+			continue;
 		if (ratio_only && !b->has_ratio)
 			continue;
-		count++;
+		out[count++] = b;
 	}
 	return count;
 }
 
-/* a stripe's tokens as of now: lazy refill, capped at its share */
-#define STRIPE_AVAILABLE \
-	"least($5 / $7, s.tokens + $6 / $7" \
-	" * extract(epoch FROM $4 - s.refilled_at)::float8)"
+/* a stripe's tokens as of now ($4): lazy refill, capped at its share */
+#define STRIPE_AVAILABLE(s) \
+	"least($5 / $7, " s ".tokens + $6 / $7" \
+	" * greatest(extract(epoch FROM $4 - " s ".refilled_at)::float8, 0))"
+
+/* how far into its ratio window a stripe is at now ($4), window $10 */
+#define INTO_WINDOW(s) "($4 - " s ".win_start)"
+
+/* the sliding counts of a stripe as of now: the previous window weighted */
+#define SLIDING(s, cur, prev) \
+	"(CASE WHEN " INTO_WINDOW(s) " >= 2 * $10 THEN 0" \
+	" WHEN " INTO_WINDOW(s) " >= $10 THEN " s "." cur \
+	"  * (1 - extract(epoch FROM " INTO_WINDOW(s) " - $10) / extract(epoch FROM $10))" \
+	" ELSE " s "." cur " + " s "." prev \
+	"  * (1 - extract(epoch FROM " INTO_WINDOW(s) ") / extract(epoch FROM $10)) END)"
 
 /*
- * $1-$3 the budget, $4 now, $5 capacity (0 without a bucket), $6 refill,
- * $7 stripes, $8 cost (0: any stripe will do), $9 the first stripe to try
+ * Pay $8 tokens (0: none) from the first stripe of the budget ($1-$3) that
+ * can, counting $11 first attempts and $12 retries in its window (moved
+ * forward to now first); return the stripe, its tokens and its sliding
+ * counts after it.  $5 capacity (0 without a bucket), $6 refill, $7
+ * stripes, $9 the stripe to start from, $10 the ratio window.  (A clock
+ * read before this call may be older than a stripe's refilled_at: time
+ * never runs backwards for a stripe.)  The other stripes' figures come from the same
+ * statement's snapshot (read, not locked), so the totals are the whole
+ * budget's.
  */
-#define LOCK_STRIPE_SQL \
-	"SELECT s.stripe, " STRIPE_AVAILABLE ", s.win_start, s.cur_first," \
-	" s.cur_retries, s.prev_first, s.prev_retries" \
-	" FROM agentretry.budget_stripes s" \
-	" WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope AND s.subject = $3" \
-	" AND ($8 = 0 OR " STRIPE_AVAILABLE " >= $8)" \
-	" ORDER BY (s.stripe + $9) %% $7 LIMIT 1 FOR UPDATE%s"
+#define DEBIT_SQL \
+	"UPDATE agentretry.budget_stripes s SET" \
+	" tokens = " STRIPE_AVAILABLE("s") " - $8," \
+	" refilled_at = greatest(s.refilled_at, $4)," \
+	" win_start = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN $4" \
+	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.win_start + $10 ELSE s.win_start END," \
+	" prev_first = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
+	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.cur_first ELSE s.prev_first END," \
+	" prev_retries = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
+	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.cur_retries ELSE s.prev_retries END," \
+	" cur_first = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_first END + $11," \
+	" cur_retries = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_retries END + $12" \
+	" WHERE (s.tenant, s.scope, s.subject, s.stripe) = (" \
+	"  SELECT x.tenant, x.scope, x.subject, x.stripe FROM agentretry.budget_stripes x" \
+	"  WHERE x.tenant = $1 AND x.scope = $2::agentretry.budget_scope AND x.subject = $3" \
+	"  AND ($8 = 0 OR " STRIPE_AVAILABLE("x") " >= $8)" \
+	"  ORDER BY (x.stripe + $9) % $7 LIMIT 1 FOR UPDATE SKIP LOCKED)" \
+	" RETURNING s.stripe, s.tokens," \
+	"  (s.cur_first + s.prev_first" \
+	"   * (1 - extract(epoch FROM " INTO_WINDOW("s") ") / extract(epoch FROM $10)))::float8," \
+	"  (s.cur_retries + s.prev_retries" \
+	"   * (1 - extract(epoch FROM " INTO_WINDOW("s") ") / extract(epoch FROM $10)))::float8," \
+	"  (SELECT ARRAY[coalesce(sum(" STRIPE_AVAILABLE("y") "), 0)," \
+	"    coalesce(sum(" SLIDING("y", "cur_first", "prev_first") "), 0)::float8," \
+	"    coalesce(sum(" SLIDING("y", "cur_retries", "prev_retries") "), 0)::float8]" \
+	"   FROM agentretry.budget_stripes y" \
+	"   WHERE y.tenant = $1 AND y.scope = $2::agentretry.budget_scope" \
+	"   AND y.subject = $3 AND y.stripe <> s.stripe)"
+
+static const Oid debit_types[12] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
+	FLOAT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT4OID, INTERVALOID, INT4OID,
+INT4OID};
+
+/* add the other stripes' tokens, first attempts and retries to d's */
+static void
+add_others(Debit *d, ArrayType *others)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	deconstruct_array(others, FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL,
+					  TYPALIGN_DOUBLE, &elems, &nulls, &n);
+	if (n != 3)
+		elog(ERROR, "agentretry: unexpected budget totals");
+	d->balance += DatumGetFloat8(elems[0]);
+	d->firsts += DatumGetFloat8(elems[1]);
+	d->retries += DatumGetFloat8(elems[2]);
+}
 
 /*
- * Lock a stripe of b that can pay `need` tokens (any stripe when need is
- * 0 or b has no bucket): first one nobody holds, else wait for the held
- * ones.  Returns false when none can pay.
+ * Debit one budget: pay cost (0 for a budget without bucket, or to only
+ * count) and count first attempts and retries, in one statement, from a
+ * stripe nobody else holds.  Returns false, changing nothing, when none
+ * can.
+ *
+ * It never waits for a stripe: a transaction that already holds one
+ * stripe (an earlier retry it paid) and waited for another could deadlock
+ * with one doing the opposite.  So when every stripe that could pay is
+ * held by a transaction still running, the retry is denied, and
+ * budget_allow_retry schedules it a second later; that happens only when
+ * the budget is nearly empty and as many transactions as it has stripes
+ * are paying at once.
  */
 static bool
-lock_stripe(const Operation *op, Budget *b, double need, TimestampTz now)
+debit(const Operation *op, const Budget *b, double cost, int firsts,
+	  int retries, TimestampTz now, Debit *d)
 {
-	static const Oid types[9] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-	FLOAT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT4OID};
-	Datum		values[9];
-	int			pass;
+	Datum		values[12];
+	HeapTuple	tup;
+	TupleDesc	desc;
+	bool		isnull;
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(b->scope);
@@ -192,165 +328,108 @@ lock_stripe(const Operation *op, Budget *b, double need, TimestampTz now)
 	values[4] = Float8GetDatum(b->has_bucket ? b->capacity : 0);
 	values[5] = Float8GetDatum(b->refill);
 	values[6] = Int32GetDatum(b->stripes);
-	values[7] = Float8GetDatum(b->has_bucket ? need : 0);
+	values[7] = Float8GetDatum(b->has_bucket ? cost : 0);
 	values[8] = Int32GetDatum(MyProcPid % b->stripes);
+	values[9] = IntervalPGetDatum(usec_interval(b->window));
+	values[10] = Int32GetDatum(firsts);
+	values[11] = Int32GetDatum(retries);
 
-	for (pass = 0; pass < 2; pass++)
-	{
-		SPIPlanPtr *cache = pass == 0 ? &lock_free_plan : &lock_wait_plan;
-		HeapTuple	tup;
-		TupleDesc	desc;
-		bool		isnull;
+	if (ar_execute(ar_prepare(&debit_plan, DEBIT_SQL, 12, debit_types),
+				   values, NULL, false, 0) == 0)
+		return false;
+	tup = SPI_tuptable->vals[0];
+	desc = SPI_tuptable->tupdesc;
+	d->b = b;
+	d->cost = b->has_bucket ? cost : 0;
+	d->stripe = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
+	d->balance = DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull));
+	d->firsts = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
+	d->retries = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
+	add_others(d, DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)));
+	return true;
+}
 
-		if (*cache == NULL)
-			ar_prepare(cache, psprintf(LOCK_STRIPE_SQL, pass == 0 ? " SKIP LOCKED" : ""),
-					   9, types);
-		if (ar_execute(*cache, values, NULL, false, 0) == 0)
-			continue;
-		tup = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
-		b->stripe = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-		b->available = DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull));
-		b->win_start = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-		b->cur_first = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-		b->cur_retries = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-		b->prev_first = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
-		b->prev_retries = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
-		return true;
-	}
-	return false;
+/* Give a debit back (its stripe is still locked by this transaction). */
+static void
+refund(const Operation *op, const Debit *d)
+{
+	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, INT4OID};
+	Datum		values[6];
+
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(d->b->scope);
+	values[2] = CStringGetTextDatum(d->b->subject);
+	values[3] = Int32GetDatum(d->stripe);
+	values[4] = Float8GetDatum(d->cost);
+	values[5] = Int32GetDatum(1);
+	ar_execute(ar_prepare(&refund_plan,
+						  "UPDATE agentretry.budget_stripes SET tokens = tokens + $5,"
+						  " cur_retries = cur_retries - $6"
+						  " WHERE tenant = $1 AND scope = $2::agentretry.budget_scope"
+						  " AND subject = $3 AND stripe = $4",
+						  6, types),
+			   values, NULL, false, 0);
 }
 
 /*
- * Move a stripe's ratio window forward to now: the current window becomes
- * the previous one once it is over, both are forgotten after two.
- * Returns the weight of the previous window in the sliding estimate.
+ * The fullest stripe of b and all stripes' tokens, refilled to now, read
+ * without locks: when a denied retry may be paid, and what is left.
  */
 static double
-roll_window(TimestampTz *win_start, int64 *cur_first, int64 *cur_retries,
-			int64 *prev_first, int64 *prev_retries, int64 window,
-			TimestampTz now)
-{
-	int64		elapsed = now - *win_start;
-
-	if (elapsed >= 2 * window || elapsed < 0)
-	{
-		*prev_first = *prev_retries = 0;
-		*cur_first = *cur_retries = 0;
-		*win_start = now;
-		elapsed = 0;
-	}
-	else if (elapsed >= window)
-	{
-		*prev_first = *cur_first;
-		*prev_retries = *cur_retries;
-		*cur_first = *cur_retries = 0;
-		*win_start += window;
-		elapsed -= window;
-	}
-	return 1.0 - (double) elapsed / (double) window;
-}
-
-/*
- * The budget's tokens (all stripes, refilled to now) and its sliding
- * counts of first attempts and retries, read without locks.
- */
-static void
-budget_totals(const Operation *op, const Budget *b, TimestampTz now,
-			  double *tokens, double *firsts, double *retries)
+fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
+			   double *tokens)
 {
 	static const Oid types[7] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
 	FLOAT8OID, FLOAT8OID, INT4OID};
 	Datum		values[7];
-	uint64		n;
-	uint64		i;
+	bool		isnull;
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(b->scope);
 	values[2] = CStringGetTextDatum(b->subject);
 	values[3] = TimestampTzGetDatum(now);
-	values[4] = Float8GetDatum(b->has_bucket ? b->capacity : 0);
+	values[4] = Float8GetDatum(b->capacity);
 	values[5] = Float8GetDatum(b->refill);
 	values[6] = Int32GetDatum(b->stripes);
-	n = ar_execute(ar_prepare(&counters_plan,
-							  "SELECT s.stripe, " STRIPE_AVAILABLE ", s.win_start,"
-							  " s.cur_first, s.cur_retries, s.prev_first, s.prev_retries"
-							  " FROM agentretry.budget_stripes s"
-							  " WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
-							  " AND s.subject = $3",
-							  7, types),
-				   values, NULL, false, 0);
-	*tokens = *firsts = *retries = 0;
-	for (i = 0; i < n; i++)
-	{
-		HeapTuple	tup = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		TimestampTz ws;
-		int64		cf,
-					cr,
-					pf,
-					pr;
-		double		w;
-
-		ws = DatumGetTimestampTz(SPI_getbinval(tup, desc, 3, &isnull));
-		cf = DatumGetInt64(SPI_getbinval(tup, desc, 4, &isnull));
-		cr = DatumGetInt64(SPI_getbinval(tup, desc, 5, &isnull));
-		pf = DatumGetInt64(SPI_getbinval(tup, desc, 6, &isnull));
-		pr = DatumGetInt64(SPI_getbinval(tup, desc, 7, &isnull));
-		w = roll_window(&ws, &cf, &cr, &pf, &pr, b->window, now);
-		*tokens += DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull));
-		*firsts += pf * w + cf;
-		*retries += pr * w + cr;
-	}
-}
-
-/* write a locked stripe back: tokens paid, counters moved */
-static void
-update_stripe(const Operation *op, Budget *b, double paid, int first,
-			  int retry, TimestampTz now)
-{
-	static const Oid types[11] = {TEXTOID, TEXTOID, TEXTOID, INT4OID,
-		FLOAT8OID, TIMESTAMPTZOID, TIMESTAMPTZOID, INT8OID, INT8OID, INT8OID,
-	INT8OID};
-	Datum		values[11];
-
-	roll_window(&b->win_start, &b->cur_first, &b->cur_retries,
-				&b->prev_first, &b->prev_retries, b->window, now);
-	b->cur_first += first;
-	b->cur_retries += retry;
-	values[0] = CStringGetTextDatum(op->tenant);
-	values[1] = CStringGetTextDatum(b->scope);
-	values[2] = CStringGetTextDatum(b->subject);
-	values[3] = Int32GetDatum(b->stripe);
-	values[4] = Float8GetDatum(b->has_bucket ? b->available - paid : 0);
-	values[5] = TimestampTzGetDatum(now);
-	values[6] = TimestampTzGetDatum(b->win_start);
-	values[7] = Int64GetDatum(b->cur_first);
-	values[8] = Int64GetDatum(b->cur_retries);
-	values[9] = Int64GetDatum(b->prev_first);
-	values[10] = Int64GetDatum(b->prev_retries);
-	ar_execute(ar_prepare(&stripe_update_plan,
-						  "UPDATE agentretry.budget_stripes SET tokens = $5, refilled_at = $6,"
-						  " win_start = $7, cur_first = $8, cur_retries = $9,"
-						  " prev_first = $10, prev_retries = $11"
-						  " WHERE tenant = $1 AND scope = $2::agentretry.budget_scope"
-						  " AND subject = $3 AND stripe = $4",
-						  11, types),
+	ar_execute(ar_prepare(&fullest_plan,
+						  "SELECT coalesce(max(" STRIPE_AVAILABLE("s") "), 0),"
+						  " coalesce(sum(" STRIPE_AVAILABLE("s") "), 0)"
+						  " FROM agentretry.budget_stripes s"
+						  " WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
+						  " AND s.subject = $3",
+						  7, types),
 			   values, NULL, false, 0);
+	*tokens = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+										   SPI_tuptable->tupdesc, 2, &isnull));
+	return DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
+										SPI_tuptable->tupdesc, 1, &isnull));
 }
 
-static void
-ledger(const Operation *op, const char *scope, const char *subject,
-	   double amount, double balance, bool has_balance, const char *reason,
-	   FailureClass fc, TimestampTz retry_at, TimestampTz now)
-{
-	static const Oid types[10] = {TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
-	TEXTOID, FLOAT8OID, FLOAT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[10];
-	char		nulls[10];
+/* ledger rows of one decision, written by one INSERT (ledger_flush) */
+#define LEDGER_COLS 10
+#define MAX_LEDGER_ROWS (MAX_BUDGETS + 1)
 
-	memset(nulls, ' ', sizeof(nulls));
+typedef struct LedgerRows
+{
+	int			n;
+	Datum		values[MAX_LEDGER_ROWS * LEDGER_COLS];
+	char		nulls[MAX_LEDGER_ROWS * LEDGER_COLS];
+} LedgerRows;
+
+static SPIPlanPtr ledger_plans[MAX_LEDGER_ROWS + 1];
+
+static void
+ledger(LedgerRows *rows, const Operation *op, const char *scope,
+	   const char *subject, double amount, double balance, bool has_balance,
+	   const char *reason, FailureClass fc, TimestampTz retry_at,
+	   TimestampTz now)
+{
+	Datum	   *values = &rows->values[rows->n * LEDGER_COLS];
+	char	   *nulls = &rows->nulls[rows->n * LEDGER_COLS];
+
+	Assert(rows->n < MAX_LEDGER_ROWS);
+	rows->n++;
+	memset(nulls, ' ', LEDGER_COLS);
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = TimestampTzGetDatum(now);
 	values[2] = CStringGetTextDatum(scope);
@@ -362,55 +441,85 @@ ledger(const Operation *op, const char *scope, const char *subject,
 	values[7] = CStringGetTextDatum(reason);
 	values[8] = CStringGetTextDatum(failure_class_labels[fc]);
 	param_ts(values, nulls, 9, retry_at);
-	ar_execute(ar_prepare(&ledger_plan,
-						  "INSERT INTO agentretry.budget_ledger"
-						  " (tenant, at, scope, subject, key, amount, balance_after,"
-						  "  reason, failure_class, retry_at)"
-						  " VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
-						  "  $9::agentretry.failure_class, $10)",
-						  10, types),
-			   values, nulls, false, 0);
+}
+
+/* one INSERT of rows->n rows (a plan per row count, made once) */
+static void
+ledger_flush(LedgerRows *rows)
+{
+	static const Oid coltypes[LEDGER_COLS] = {TEXTOID, TIMESTAMPTZOID, TEXTOID,
+	TEXTOID, TEXTOID, FLOAT8OID, FLOAT8OID, TEXTOID, TEXTOID, TIMESTAMPTZOID};
+	int			n = rows->n;
+
+	if (n == 0)
+		return;
+	if (ledger_plans[n] == NULL)
+	{
+		StringInfoData sql;
+		Oid			types[MAX_LEDGER_ROWS * LEDGER_COLS];
+		int			r;
+
+		initStringInfo(&sql);
+		appendStringInfoString(&sql,
+							   "INSERT INTO agentretry.budget_ledger"
+							   " (tenant, at, scope, subject, key, amount, balance_after,"
+							   "  reason, failure_class, retry_at) VALUES ");
+		for (r = 0; r < n; r++)
+		{
+			int			p = r * LEDGER_COLS;
+
+			appendStringInfo(&sql, "%s($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d,"
+							 " $%d::agentretry.failure_class, $%d)",
+							 r ? ", " : "", p + 1, p + 2, p + 3, p + 4, p + 5,
+							 p + 6, p + 7, p + 8, p + 9, p + 10);
+			memcpy(&types[p], coltypes, sizeof(coltypes));
+		}
+		ar_prepare(&ledger_plans[n], sql.data, n * LEDGER_COLS, types);
+	}
+	ar_execute(ledger_plans[n], rows->values, rows->nulls, false, 0);
+	rows->n = 0;
 }
 
 /*
- * The run's limit: lock its counter (creating it at 0) and say whether one
- * more retry event fits.  *retries is the count so far.
+ * The run's limit: count one more retry event of the run if it fits, in
+ * one statement (the counter row stays locked).  Returns false when the
+ * run has used them all.
  */
 static bool
-run_allows(const Operation *op, TimestampTz now, int *retries)
+run_debit(const Operation *op, TimestampTz now)
 {
-	static const Oid types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[3];
-	bool		isnull;
+	static const Oid types[4] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
+	Datum		values[4];
 
+	if (ar_run_max_retries <= 0)
+		return false;
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->run_id);
 	values[2] = TimestampTzGetDatum(now);
-	ar_execute(ar_prepare(&run_lock_plan,
-						  "INSERT INTO agentretry.run_retries AS r (tenant, run_id, retries, updated_at)"
-						  " VALUES ($1, $2, 0, $3)"
-						  " ON CONFLICT (tenant, run_id) DO UPDATE SET updated_at = r.updated_at"
-						  " RETURNING r.retries",
-						  3, types),
-			   values, NULL, false, 0);
-	*retries = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 1, &isnull));
-	return *retries < ar_run_max_retries;
+	values[3] = Int32GetDatum(ar_run_max_retries);
+	return ar_execute(ar_prepare(&run_debit_plan,
+								 "INSERT INTO agentretry.run_retries AS r (tenant, run_id, retries, updated_at)"
+								 " VALUES ($1, $2, 1, $3)"
+								 " ON CONFLICT (tenant, run_id) DO UPDATE"
+								 " SET retries = r.retries + 1, updated_at = $3"
+								 " WHERE r.retries < $4"
+								 " RETURNING r.retries",
+								 4, types),
+					  values, NULL, false, 0) > 0;
 }
 
 static void
-run_count_retry(const Operation *op, TimestampTz now)
+run_refund(const Operation *op)
 {
-	static const Oid types[3] = {TEXTOID, TEXTOID, TIMESTAMPTZOID};
-	Datum		values[3];
+	static const Oid types[2] = {TEXTOID, TEXTOID};
+	Datum		values[2];
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->run_id);
-	values[2] = TimestampTzGetDatum(now);
-	ar_execute(ar_prepare(&run_update_plan,
-						  "UPDATE agentretry.run_retries SET retries = retries + 1, updated_at = $3"
+	ar_execute(ar_prepare(&run_refund_plan,
+						  "UPDATE agentretry.run_retries SET retries = retries - 1"
 						  " WHERE tenant = $1 AND run_id = $2",
-						  3, types),
+						  2, types),
 			   values, NULL, false, 0);
 }
 
@@ -430,31 +539,6 @@ refill_time(const Budget *b, double cost, double best_stripe, TimestampTz now)
 }
 
 /*
- * The fullest stripe of b, refilled to now (read without locks); *tokens
- * is what all stripes hold.
- */
-static double
-fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
-			   double *tokens)
-{
-	double		firsts,
-				retries;
-	uint64		i;
-	double		best = 0;
-
-	budget_totals(op, b, now, tokens, &firsts, &retries);
-	for (i = 0; i < SPI_processed; i++)
-	{
-		bool		isnull;
-		double		t = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[i],
-													 SPI_tuptable->tupdesc, 2, &isnull));
-
-		best = Max(best, t);
-	}
-	return best;
-}
-
-/*
  * May op retry after a failure of class fc?  Debits every budget that
  * applies and returns true; or debits nothing, records the denial in the
  * ledger, sets *retry_at to when the denying budget may allow it (TS_NONE:
@@ -464,73 +548,77 @@ bool
 budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 				   TimestampTz *retry_at, const char **reason)
 {
-	Budget		budgets[MAX_BUDGETS];
-	int			n = 0;
+	const Budget *budgets[MAX_BUDGETS];
+	Debit		debits[MAX_BUDGETS];
+	LedgerRows	rows;
+	int			n;
 	int			i;
-	int			run_retries = 0;
-	bool		check_run = op->run_id != NULL;
+	int			j;
+	bool		run_counted = false;
 
+	rows.n = 0;
 	*retry_at = TS_NONE;
 	*reason = NULL;
-	if (check_run && !run_allows(op, now, &run_retries))
+	if (op->run_id != NULL)
 	{
-		*reason = "denied_run";
-		ledger(op, "run", op->run_id, 1, 0, false, *reason, fc, TS_NONE, now);
-		return false;
-	}
-	if (cached_flag(&any_budget_flag))
-		n = applicable_budgets(op, op->lease_owner, fc, false, budgets);
-
-	/* phase 1: every budget locks a stripe that can pay, or denies */
-	for (i = 0; i < n; i++)
-	{
-		Budget	   *b = &budgets[i];
-
-		if (b->has_ratio)
+		if (!run_debit(op, now))
 		{
-			double		tokens,
-						firsts,
-						retries;
-
-			budget_totals(op, b, now, &tokens, &firsts, &retries);
-			if (retries + 1 > Max((double) b->floor, b->ratio * firsts))
-			{
-				*reason = "denied_ratio";
-				*retry_at = ts_add_usec(now, b->window);
-				ledger(op, b->scope, b->subject, 1, 0, false, *reason, fc, *retry_at, now);
-				return false;
-			}
-		}
-		if (!lock_stripe(op, b, b->cost, now))
-		{
-			double		tokens;
-
-			*reason = "denied_tokens";
-			*retry_at = refill_time(b, b->cost, fullest_stripe(op, b, now, &tokens), now);
-			ledger(op, b->scope, b->subject, b->cost, tokens, true, *reason, fc, *retry_at, now);
+			*reason = "denied_run";
+			ledger(&rows, op, "run", op->run_id, 1, 0, false, *reason, fc, TS_NONE, now);
+			ledger_flush(&rows);
 			return false;
 		}
+		run_counted = true;
 	}
+	n = applicable_budgets(op, op->lease_owner, false, budgets);
 
-	/* phase 2: all can pay: debit, count, record */
-	if (check_run)
-	{
-		run_count_retry(op, now);
-		ledger(op, "run", op->run_id, 1, 0, false, "debit", fc, TS_NONE, now);
-	}
 	for (i = 0; i < n; i++)
 	{
-		Budget	   *b = &budgets[i];
-		double		paid = b->has_bucket ? b->cost : 0;
-		double		tokens,
-					firsts,
-					retries;
+		const Budget *b = budgets[i];
+		double		cost = fc == FC_AMBIGUOUS ? b->cost_ambiguous : b->cost_transient;
+		double		tokens = 0;
 
-		update_stripe(op, b, paid, 0, 1, now);
-		budget_totals(op, b, now, &tokens, &firsts, &retries);
-		ledger(op, b->scope, b->subject, paid, tokens, b->has_bucket, "debit", fc,
-			   TS_NONE, now);
+		if (debit(op, b, cost, 0, 1, now, &debits[i]))
+		{
+			/* counted with this retry: over the ratio is a denial */
+			if (!b->has_ratio ||
+				debits[i].retries <= Max((double) b->floor, b->ratio * debits[i].firsts))
+				continue;
+			*reason = "denied_ratio";
+			*retry_at = ts_add_usec(now, b->window);
+			refund(op, &debits[i]);
+		}
+		else
+		{
+			double		best = fullest_stripe(op, b, now, &tokens);
+
+			/*
+			 * A stripe that could pay but is held by a running transaction
+			 * is known after it ends: look again in a second, rather than
+			 * wait for a lock or give up for good.
+			 */
+			*reason = "denied_tokens";
+			*retry_at = best >= cost ? ts_add_usec(now, USECS_PER_SEC) :
+				refill_time(b, cost, best, now);
+		}
+		for (j = 0; j < i; j++)
+			refund(op, &debits[j]);
+		if (run_counted)
+			run_refund(op);
+		if (strcmp(*reason, "denied_ratio") == 0)
+			ledger(&rows, op, b->scope, b->subject, 1, 0, false, *reason, fc, *retry_at, now);
+		else
+			ledger(&rows, op, b->scope, b->subject, cost, tokens, true, *reason, fc, *retry_at, now);
+		ledger_flush(&rows);
+		return false;
 	}
+
+	if (run_counted)
+		ledger(&rows, op, "run", op->run_id, 1, 0, false, "debit", fc, TS_NONE, now);
+	for (i = 0; i < n; i++)
+		ledger(&rows, op, debits[i].b->scope, debits[i].b->subject, debits[i].cost,
+			   debits[i].balance, debits[i].b->has_bucket, "debit", fc, TS_NONE, now);
+	ledger_flush(&rows);
 	return true;
 }
 
@@ -543,17 +631,11 @@ void
 budget_count_first_attempt(const Operation *op, const char *owner,
 						   TimestampTz now)
 {
-	Budget		budgets[MAX_BUDGETS];
-	int			n;
+	const Budget *budgets[MAX_BUDGETS];
+	Debit		d;
+	int			n = applicable_budgets(op, owner, true, budgets);
 	int			i;
 
-	if (!cached_flag(&any_ratio_flag))
-		return;
-	n = applicable_budgets(op, owner, FC_TRANSIENT, true, budgets);
 	for (i = 0; i < n; i++)
-	{
-		/* any stripe will do; none only if the budget was just replaced */
-		if (lock_stripe(op, &budgets[i], 0, now))
-			update_stripe(op, &budgets[i], 0, 1, 0, now);
-	}
+		(void) debit(op, budgets[i], 0, 1, 0, now, &d);
 }

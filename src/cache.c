@@ -38,7 +38,10 @@ rows_relcache_callback(Datum arg, Oid relid)
 
 	for (i = 0; i < nflags; i++)
 		if (relid == InvalidOid || relid == flags[i]->relid)
+		{
 			flags[i]->known = false;
+			flags[i]->generation++;
+		}
 }
 
 /*
