@@ -453,8 +453,9 @@ WHERE o.state = 'dead'
 # allows before the deadline waits for it (budget_wait, scheduled no
 # earlier than the budget allows), any other is dead-lettered
 # (budget_exhausted).  The bucket denies until a stripe has refilled one
-# token (under 1 / (refill / stripes) seconds); the ratio budget for a
-# window.
+# token (under 1 / (refill / stripes) seconds), or for a second when the
+# stripes that could pay are held by running transactions (debits never
+# wait); the ratio budget for a window.
 is( query(q{
 SELECT count(*) FROM fail_denials
 WHERE ledger_rows <> 1
@@ -467,7 +468,8 @@ WHERE ledger_rows <> 1
 is( query(qq{
 SELECT count(*) FROM storm_ledger WHERE reason LIKE 'denied%'
   AND NOT ((reason = 'denied_tokens' AND retry_at > at
-			AND retry_at <= at + interval '1 s' * $budget{stripes} / $budget{refill})
+			AND retry_at <= at + greatest(interval '1 s' * $budget{stripes} / $budget{refill},
+										  interval '1 s'))
 		OR (reason = 'denied_ratio' AND retry_at = at + interval '$budget{window} s'))}),
 	'0',
 	'each denial says when the budget may allow the retry');
