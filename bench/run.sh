@@ -8,8 +8,9 @@
 #   core   pattern B, pattern A and replay: raw, agentretry and PL/pgSQL
 #   cycle  the retry cycle fail -> claim_due -> complete: raw and agentretry
 #   sweep  one sweep of the same due rows in tables of different sizes
+#   budget the retry cycle with and without the tenant's retry budgets
 #
-#   BENCH_PARTS          subset of: core cycle sweep              (default all)
+#   BENCH_PARTS          subset of: core cycle sweep budget       (default all)
 #   BENCH_SECONDS        duration of each pgbench run             (default 20)
 #   BENCH_ROUNDS         runs per implementation and setting      (default 2)
 #   BENCH_CLIENTS        pgbench clients                          (default 8)
@@ -38,7 +39,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
-BENCH_PARTS=${BENCH_PARTS:-core cycle sweep}
+BENCH_PARTS=${BENCH_PARTS:-core cycle budget sweep}
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_CLIENTS=${BENCH_CLIENTS:-8}
@@ -61,16 +62,18 @@ has_part() {
 	case " $BENCH_PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
 }
 for part in $BENCH_PARTS; do
-	case $part in core | cycle | sweep) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle sweep)" >&2; exit 1 ;; esac
+	case $part in core | cycle | budget | sweep) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle budget sweep)" >&2; exit 1 ;; esac
 done
 
 # the pgbench workloads of the parts asked for, and who runs each
 workloads=""
 has_part core && workloads="$BENCH_WORKLOADS"
 has_part cycle && workloads="$workloads cycle"
+has_part budget && workloads="$workloads budget"
 impls_of() {
 	case $1 in
 		cycle) echo "raw agentretry" ;;
+		budget) echo "none budgets" ;;
 		*) echo "raw agentretry plpgsql" ;;
 	esac
 }
@@ -84,11 +87,11 @@ rm -rf "$logdir"
 mkdir -p "$logdir"
 
 command_line="BENCH_PARTS='$BENCH_PARTS'"
-has_part core || has_part cycle &&
+has_part core || has_part cycle || has_part budget &&
 	command_line="$command_line BENCH_SECONDS=$BENCH_SECONDS BENCH_ROUNDS=$BENCH_ROUNDS BENCH_CLIENTS=$BENCH_CLIENTS BENCH_THREADS=$BENCH_THREADS BENCH_SYNC='$BENCH_SYNC'"
 has_part core &&
 	command_line="$command_line BENCH_REPLAY_KEYS=$BENCH_REPLAY_KEYS BENCH_WORKLOADS='$BENCH_WORKLOADS'"
-has_part cycle &&
+has_part cycle || has_part budget &&
 	command_line="$command_line BENCH_CYCLE_POOL=$BENCH_CYCLE_POOL"
 has_part sweep &&
 	command_line="$command_line BENCH_SWEEP_SIZES='$BENCH_SWEEP_SIZES' BENCH_SWEEP_DUE=$BENCH_SWEEP_DUE BENCH_SWEEP_WAITING=$BENCH_SWEEP_WAITING BENCH_SWEEP_ROUNDS=$BENCH_SWEEP_ROUNDS"
@@ -169,7 +172,7 @@ SQL
 	done
 fi
 
-if has_part cycle; then
+if has_part cycle || has_part budget; then
 	echo "setting up cycle (pool: $BENCH_CYCLE_POOL due retries per implementation)"
 	# bench_retry: every failure before execution is retried at once, and
 	# a key never runs out of attempts (each fails once in the cycle).
@@ -198,9 +201,25 @@ SQL
 	done
 fi
 
-if has_part core || has_part cycle; then
+if has_part core || has_part cycle || has_part budget; then
 	psql_q -c "VACUUM ANALYZE"
 fi
+
+# The budget part runs the retry cycle of the agentretry side twice: with
+# no budget, and with every retry debiting three budgets of the tenant (a
+# tenant bucket, a bucket for the owner of the failing attempt, and a
+# ratio budget on the tool, which also counts every first attempt), sized
+# never to deny, so that the cost measured is that of the ledger.  Set
+# before each "budgets" run (full), dropped after it.
+budgets_set() {
+	psql_q -c "SELECT count(*) FROM (VALUES
+		(agentretry.set_budget('default', 'tenant', 'default', capacity => 1e9, refill_per_sec => 1e6, stripes => 8)),
+		(agentretry.set_budget('default', 'user', current_user, capacity => 1e9, refill_per_sec => 1e6, stripes => 8)),
+		(agentretry.set_budget('default', 'tool', 'bench_retry', ratio => 10, ratio_floor => 1000000, stripes => 8))) b" >/dev/null
+}
+budgets_drop() {
+	psql_q -c "DELETE FROM agentretry.budgets" >/dev/null
+}
 
 # one pgbench run; appends "workload sync impl round tps build" to $runs
 run_one() {
@@ -208,12 +227,18 @@ run_one() {
 	local log=$logdir/${workload}_${sync}_${impl}_${round}.log
 	local tps build
 
+	local script=$here/${workload}_${impl}.pgbench
+
+	if [ "$workload" = budget ]; then
+		script=$here/cycle_agentretry.pgbench
+		[ "$impl" = budgets ] && budgets_set
+	fi
 	psql_q -c CHECKPOINT
 	build=$(so_sum)
 	if ! PGOPTIONS="-c synchronous_commit=$sync" pgbench -n -M prepared \
 		-c "$BENCH_CLIENTS" -j "$BENCH_THREADS" -T "$BENCH_SECONDS" \
 		-D replay_keys="$BENCH_REPLAY_KEYS" \
-		-f "$here/${workload}_${impl}.pgbench" "$db" >"$log" 2>&1; then
+		-f "$script" "$db" >"$log" 2>&1; then
 		echo "pgbench failed for $workload/$impl (synchronous_commit=$sync):" >&2
 		cat "$log" >&2
 		exit 1
@@ -223,6 +248,7 @@ run_one() {
 		cat "$log" >&2
 		exit 1
 	fi
+	[ "$workload" = budget ] && budgets_drop
 	tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$log")
 	[ -n "$tps" ] || { echo "no tps in $log" >&2; exit 1; }
 	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$sync" "$impl" "$round" "$tps" "$build" >>"$runs"
@@ -417,6 +443,25 @@ if has_part cycle; then
 	}' "$runs")
 fi
 
+# Budgets: the cycle with every retry debiting the tenant's budgets at
+# least 0.8x the same cycle without budgets.
+budget_table=""
+if has_part budget; then
+	budget_table=$(awk -F'\t' -v syncs="$BENCH_SYNC" '
+	$1 == "budget" { sum[$2, $3] += $5; n[$2, $3]++ }
+	function mean(s, i) { return sum[s, i] / n[s, i] }
+	END {
+		print "| workload | sync commit | cycles/s no budget | cycles/s 3 budgets | x no budget | target | met? |"
+		print "|---|---|---:|---:|---:|---|---|"
+		ns = split(syncs, ss, " ")
+		for (b = 1; b <= ns; b++) {
+			s = ss[b]; r = mean(s, "none"); e = mean(s, "budgets"); vr = e / r
+			printf "| retry cycle, every retry debiting the tenant, user and tool budgets | %s | %.0f | %.0f | %.2f | >= 0.80x | %s |\n",
+				s, r, e, vr, (vr >= 0.80) ? "yes" : "NO"
+		}
+	}' "$runs")
+fi
+
 # The sweep: median time per size and the ratio of each size to the
 # smallest; target: the largest at most 1.3x the smallest.
 sweep_table=""
@@ -462,7 +507,7 @@ facts=$(
 - server: $(psql_q -At -c "SELECT version()" | cut -d, -f1); shared_buffers $(psql_q -At -c "SHOW shared_buffers"), fsync on, server and pgbench on the same host
 - agentretry: commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD -- src sql 2>/dev/null || echo " with uncommitted changes in src/ or sql/"), extension $(psql_q -At -c "SELECT extversion FROM pg_extension WHERE extname = 'agentretry'"), $so_note
 FACTS
-	if has_part core || has_part cycle; then
+	if has_part core || has_part cycle || has_part budget; then
 		echo "- pgbench: -M prepared -c $BENCH_CLIENTS -j $BENCH_THREADS -T $BENCH_SECONDS, $BENCH_ROUNDS round(s) per cell in mirrored order, mean tps; synchronous_commit set per connection (PGOPTIONS)"
 	fi
 	if has_part core; then
@@ -483,6 +528,10 @@ report() {
 	fi
 	if [ -n "$cycle_table" ]; then
 		echo "$cycle_table"
+		echo
+	fi
+	if [ -n "$budget_table" ]; then
+		echo "$budget_table"
 		echo
 	fi
 	if [ -n "$sweep_table" ]; then
