@@ -71,6 +71,18 @@ SELECT (agentretry.set_tenant_policy('acme', ttl => '30 days')).tool;
 SELECT (agentretry.set_tenant_policy('acme', 'crm_lookup', max_attempts => 3)).tool;
 SELECT * FROM agentretry.effective_policy('acme', 'crm_lookup');
 
+-- "Retry budgets"
+SELECT (agentretry.set_budget('acme', 'tenant', 'acme', capacity => 50, refill_per_sec => 5)).subject;
+SELECT (agentretry.set_budget('acme', 'tool', 'charge_card', ratio => 0.1, ratio_floor => 3)).subject;
+SELECT (agentretry.set_budget('acme', 'user', 'worker-7', capacity => 10, refill_per_sec => 0.5)).subject;
+-- one retry in tenant acme pays 1 token (a transient failure) from its bucket
+SELECT outcome FROM agentretry.claim('acme-lookup-1', '{"id": 1}', 'crm_lookup', tenant => 'acme');
+SELECT action, reason FROM agentretry.fail('acme-lookup-1', 1, 'transient', 'pre_execution', tenant => 'acme');
+-- (floor: the bucket refills 5 tokens a second while this runs)
+SELECT tenant, scope, subject, capacity, floor(balance) AS balance,
+       refill_per_sec, debits_last_hour, denials_last_hour, last_denial
+FROM agentretry.budget_status ORDER BY scope, subject;
+
 -- leave nothing behind for the files that follow
 DROP TABLE refunds;
 DELETE FROM agentretry.events WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%'
@@ -78,4 +90,8 @@ DELETE FROM agentretry.events WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-m
 DELETE FROM agentretry.operations WHERE key LIKE 'order-42:%' OR key LIKE 'welcome-mail:%'
 	OR key IN ('lookup-7', 'lookup-8', 'mail-9');
 DELETE FROM agentretry.tenant_policies WHERE tenant = 'acme';
+DELETE FROM agentretry.budgets WHERE tenant = 'acme';
+DELETE FROM agentretry.budget_ledger WHERE tenant = 'acme';
+DELETE FROM agentretry.events WHERE tenant = 'acme';
+DELETE FROM agentretry.operations WHERE tenant = 'acme';
 DELETE FROM agentretry.tools WHERE name IN ('crm_lookup', 'charge_card', 'delete_account');
