@@ -96,7 +96,7 @@ CREATE TABLE agentretry.budget_ledger (
 	PRIMARY KEY (tenant, id)
 );
 COMMENT ON TABLE agentretry.budget_ledger IS
-	'append-only: every retry debit (reason debit) and every denial (reason denied_tokens, denied_ratio, denied_run), with the balance after it';
+	'append-only: every retry debit (reason debit) and every denial (reason denied_tokens, denied_ratio, denied_run, denied_held), with the balance after it';
 COMMENT ON COLUMN agentretry.budget_ledger.scope IS
 	'tenant, user or tool, or run for the per-run limit';
 COMMENT ON COLUMN agentretry.budget_ledger.balance_after IS

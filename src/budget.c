@@ -49,6 +49,8 @@
 
 #include <math.h>
 
+#include "access/xact.h"
+
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "fmgr.h"
@@ -120,12 +122,17 @@ static RowsFlag any_ratio_flag = {
 	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)"
 };
 
-/* read the tenant's budgets into the cache */
+/*
+ * Read the tenant's budgets, into the cache when the snapshot is fresh
+ * (READ COMMITTED), else into memory of this call only (see cached_flag).
+ */
 static TenantBudgets *
 load_tenant_budgets(const char *tenant)
 {
 	static const Oid types[1] = {TEXTOID};
+	bool		keep = !IsolationUsesXactSnapshot();
 	Datum		values[1] = {CStringGetTextDatum(tenant)};
+	MemoryContext caller = CurrentMemoryContext;
 	MemoryContext old;
 	TenantBudgets *tb;
 	uint64		n;
@@ -138,8 +145,8 @@ load_tenant_budgets(const char *tenant)
 							  " FROM agentretry.budgets b WHERE b.tenant = $1"
 							  " ORDER BY b.scope, b.subject",
 							  1, types),
-				   values, NULL, true, 0);
-	old = MemoryContextSwitchTo(budget_cache_cxt);
+				   values, NULL, false, 0);
+	old = MemoryContextSwitchTo(keep ? budget_cache_cxt : caller);
 	tb = palloc0(sizeof(TenantBudgets));
 	tb->tenant = pstrdup(tenant);
 	tb->n = (int) n;
@@ -167,8 +174,11 @@ load_tenant_budgets(const char *tenant)
 		b->floor = DatumGetInt32(SPI_getbinval(tup, desc, 9, &isnull));
 		b->stripes = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 	}
-	tb->next = budget_cache;
-	budget_cache = tb;
+	if (keep)
+	{
+		tb->next = budget_cache;
+		budget_cache = tb;
+	}
 	MemoryContextSwitchTo(old);
 	return tb;
 }
@@ -200,7 +210,7 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 		budget_cache = NULL;
 		budget_cache_generation = any_budget_flag.generation;
 	}
-	for (tb = budget_cache; tb != NULL; tb = tb->next)
+	for (tb = IsolationUsesXactSnapshot() ? NULL : budget_cache; tb != NULL; tb = tb->next)
 		if (strcmp(tb->tenant, op->tenant) == 0)
 			break;
 	if (tb == NULL)
@@ -588,6 +598,12 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 			*retry_at = ts_add_usec(now, b->window);
 			refund(op, &debits[i]);
 		}
+		else if (!b->has_bucket)
+		{
+			/* no tokens to lack: every stripe is held; look again in a second */
+			*reason = "denied_held";
+			*retry_at = ts_add_usec(now, USECS_PER_SEC);
+		}
 		else
 		{
 			double		best = fullest_stripe(op, b, now, &tokens);
@@ -605,10 +621,10 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 			refund(op, &debits[j]);
 		if (run_counted)
 			run_refund(op);
-		if (strcmp(*reason, "denied_ratio") == 0)
-			ledger(&rows, op, b->scope, b->subject, 1, 0, false, *reason, fc, *retry_at, now);
-		else
+		if (strcmp(*reason, "denied_tokens") == 0)
 			ledger(&rows, op, b->scope, b->subject, cost, tokens, true, *reason, fc, *retry_at, now);
+		else
+			ledger(&rows, op, b->scope, b->subject, 1, 0, false, *reason, fc, *retry_at, now);
 		ledger_flush(&rows);
 		return false;
 	}

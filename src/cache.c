@@ -16,6 +16,7 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/trigger.h"
 #include "fmgr.h"
@@ -46,11 +47,18 @@ rows_relcache_callback(Datum arg, Oid relid)
 
 /*
  * Does the query of flag (SELECT EXISTS ...) answer true?  Asked once per
- * backend until the table changes.  Must run under ar_spi_begin().
+ * backend until the table changes.  The answer outlives the transaction
+ * that asked, so it is only kept when it was read with a fresh snapshot
+ * (READ COMMITTED: taken after the invalidation was processed); under
+ * REPEATABLE READ and SERIALIZABLE the query runs every time with the
+ * transaction's snapshot, so that the answer agrees with what that
+ * transaction sees, and is not kept.  Must run under ar_spi_begin().
  */
 bool
 cached_flag(RowsFlag *flag)
 {
+	bool		isnull;
+
 	if (!callback_registered)
 	{
 		CacheRegisterRelcacheCallback(rows_relcache_callback, (Datum) 0);
@@ -63,17 +71,14 @@ cached_flag(RowsFlag *flag)
 		flags[nflags++] = flag;
 		flag->registered = true;
 	}
-	if (!flag->known)
-	{
-		bool		isnull;
-
-		flag->relid = get_relname_relid(flag->relname,
-										get_namespace_oid("agentretry", false));
-		ar_execute(ar_prepare(&flag->plan, flag->sql, 0, NULL), NULL, NULL, true, 0);
-		flag->value = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-												 SPI_tuptable->tupdesc, 1, &isnull));
-		flag->known = true;
-	}
+	if (flag->known && !IsolationUsesXactSnapshot())
+		return flag->value;
+	flag->relid = get_relname_relid(flag->relname,
+									get_namespace_oid("agentretry", false));
+	ar_execute(ar_prepare(&flag->plan, flag->sql, 0, NULL), NULL, NULL, false, 0);
+	flag->value = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
+											 SPI_tuptable->tupdesc, 1, &isnull));
+	flag->known = !IsolationUsesXactSnapshot();
 	return flag->value;
 }
 
