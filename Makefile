@@ -17,7 +17,9 @@ OBJS = \
 	src/policy.o \
 	src/schedule.o \
 	src/sha256.o \
+	src/spi.o \
 	src/sweep.o \
+	src/transition.o \
 	src/types.o \
 	src/validate.o
 
@@ -54,5 +56,5 @@ installcheck-isolation: | build/isolation
 
 .PHONY: installcheck-regress installcheck-isolation
 
-# every object depends on the shared header (PGXS does not track it)
-$(OBJS): src/agentretry.h
+# every object depends on the headers (PGXS does not track them)
+$(OBJS): $(wildcard src/*.h)

@@ -3,9 +3,18 @@
  * agentretry.c
  *	  Module entry point and configuration (GUCs) of agentretry.
  *
- * The SQL-callable functions live beside what they implement: claim.c,
- * lease.c, outcome.c, decide.c, backoff.c, op_hash.c, policy.c,
- * schedule.c (claim_due), sweep.c, operator.c (requeue, cancel), budget.c.
+ * Layers, each depending only on those below it (src/README.md):
+ *
+ *	  SQL-callable   claim.c, outcome.c, lease.c, schedule.c (claim_due),
+ *	                 sweep.c, operator.c, and the pure functions of
+ *	                 decide.c, backoff.c, op_hash.c
+ *	  transitions    transition.c (the state machine, fencing)
+ *	  rules          budget.c, events.c
+ *	  rows           operation.c
+ *	  configuration  policy.c, cache.c
+ *	  SPI            spi.c
+ *	  pure           agentretry.h: types.c, validate.c, decide.c,
+ *	                 backoff.c, op_hash.c
  *
  * src/agentretry.c
  *

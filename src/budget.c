@@ -62,7 +62,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "budget.h"
+#include "cache.h"
 
 #define MAX_BUDGETS 4			/* run + tenant + user + tool */
 
@@ -107,19 +108,19 @@ static MemoryContext budget_cache_cxt = NULL;
 static TenantBudgets *budget_cache = NULL;
 static uint64 budget_cache_generation = 0;
 
-static SPIPlanPtr tenant_budgets_plan;
-static SPIPlanPtr debit_plan;
-static SPIPlanPtr refund_plan;
-static SPIPlanPtr fullest_plan;
-static SPIPlanPtr run_debit_plan;
-static SPIPlanPtr run_refund_plan;
-
 /* per-backend caches (cache.c): does any budget exist, any ratio budget? */
-static RowsFlag any_budget_flag = {
-	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets)"
-};
-static RowsFlag any_ratio_flag = {
-	"budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)"
+static RowsFlag any_budget_flag =
+ROWS_FLAG("budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets)");
+static RowsFlag any_ratio_flag =
+ROWS_FLAG("budgets", "SELECT EXISTS (SELECT FROM agentretry.budgets WHERE ratio IS NOT NULL)");
+
+static ArPlan tenant_budgets_plan = {
+	"SELECT b.scope::text, b.subject, b.capacity, b.refill_per_sec,"
+	" b.cost_transient, b.cost_ambiguous, b.ratio,"
+	" b.ratio_window, b.ratio_floor, b.stripes"
+	" FROM agentretry.budgets b WHERE b.tenant = $1"
+	" ORDER BY b.scope, b.subject",
+	1, {TEXTOID}
 };
 
 /*
@@ -129,7 +130,6 @@ static RowsFlag any_ratio_flag = {
 static TenantBudgets *
 load_tenant_budgets(const char *tenant)
 {
-	static const Oid types[1] = {TEXTOID};
 	bool		keep = !IsolationUsesXactSnapshot();
 	Datum		values[1] = {CStringGetTextDatum(tenant)};
 	MemoryContext caller = CurrentMemoryContext;
@@ -138,14 +138,7 @@ load_tenant_budgets(const char *tenant)
 	uint64		n;
 	uint64		i;
 
-	n = ar_execute(ar_prepare(&tenant_budgets_plan,
-							  "SELECT b.scope::text, b.subject, b.capacity, b.refill_per_sec,"
-							  " b.cost_transient, b.cost_ambiguous, b.ratio,"
-							  " b.ratio_window, b.ratio_floor, b.stripes"
-							  " FROM agentretry.budgets b WHERE b.tenant = $1"
-							  " ORDER BY b.scope, b.subject",
-							  1, types),
-				   values, NULL, false, 0);
+	n = ar_run(&tenant_budgets_plan, values, NULL, false);
 	old = MemoryContextSwitchTo(keep ? budget_cache_cxt : caller);
 	tb = palloc0(sizeof(TenantBudgets));
 	tb->tenant = pstrdup(tenant);
@@ -287,9 +280,11 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	"   WHERE y.tenant = $1 AND y.scope = $2::agentretry.budget_scope" \
 	"   AND y.subject = $3 AND y.stripe <> s.stripe)"
 
-static const Oid debit_types[12] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-	FLOAT8OID, FLOAT8OID, INT4OID, FLOAT8OID, INT4OID, INTERVALOID, INT4OID,
-INT4OID};
+static ArPlan debit_plan = {
+	DEBIT_SQL, 12,
+	{TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID,
+	FLOAT8OID, INT4OID, INTERVALOID, INT4OID, INT4OID}
+};
 
 /* add the other stripes' tokens, first attempts and retries to d's */
 static void
@@ -344,8 +339,7 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	values[10] = Int32GetDatum(firsts);
 	values[11] = Int32GetDatum(retries);
 
-	if (ar_execute(ar_prepare(&debit_plan, DEBIT_SQL, 12, debit_types),
-				   values, NULL, false, 0) == 0)
+	if (ar_run(&debit_plan, values, NULL, false) == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -359,11 +353,18 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	return true;
 }
 
+static ArPlan refund_plan = {
+	"UPDATE agentretry.budget_stripes SET tokens = tokens + $5,"
+	" cur_retries = cur_retries - $6"
+	" WHERE tenant = $1 AND scope = $2::agentretry.budget_scope"
+	" AND subject = $3 AND stripe = $4",
+	6, {TEXTOID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, INT4OID}
+};
+
 /* Give a debit back (its stripe is still locked by this transaction). */
 static void
 refund(const Operation *op, const Debit *d)
 {
-	static const Oid types[6] = {TEXTOID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, INT4OID};
 	Datum		values[6];
 
 	values[0] = CStringGetTextDatum(op->tenant);
@@ -372,25 +373,26 @@ refund(const Operation *op, const Debit *d)
 	values[3] = Int32GetDatum(d->stripe);
 	values[4] = Float8GetDatum(d->cost);
 	values[5] = Int32GetDatum(1);
-	ar_execute(ar_prepare(&refund_plan,
-						  "UPDATE agentretry.budget_stripes SET tokens = tokens + $5,"
-						  " cur_retries = cur_retries - $6"
-						  " WHERE tenant = $1 AND scope = $2::agentretry.budget_scope"
-						  " AND subject = $3 AND stripe = $4",
-						  6, types),
-			   values, NULL, false, 0);
+	ar_run(&refund_plan, values, NULL, false);
 }
 
 /*
  * The fullest stripe of b and all stripes' tokens, refilled to now, read
  * without locks: when a denied retry may be paid, and what is left.
  */
+static ArPlan fullest_plan = {
+	"SELECT coalesce(max(" STRIPE_AVAILABLE("s") "), 0),"
+	" coalesce(sum(" STRIPE_AVAILABLE("s") "), 0)"
+	" FROM agentretry.budget_stripes s"
+	" WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
+	" AND s.subject = $3",
+	7, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID}
+};
+
 static double
 fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
 			   double *tokens)
 {
-	static const Oid types[7] = {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID,
-	FLOAT8OID, FLOAT8OID, INT4OID};
 	Datum		values[7];
 	bool		isnull;
 
@@ -401,14 +403,7 @@ fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
 	values[4] = Float8GetDatum(b->capacity);
 	values[5] = Float8GetDatum(b->refill);
 	values[6] = Int32GetDatum(b->stripes);
-	ar_execute(ar_prepare(&fullest_plan,
-						  "SELECT coalesce(max(" STRIPE_AVAILABLE("s") "), 0),"
-						  " coalesce(sum(" STRIPE_AVAILABLE("s") "), 0)"
-						  " FROM agentretry.budget_stripes s"
-						  " WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
-						  " AND s.subject = $3",
-						  7, types),
-			   values, NULL, false, 0);
+	ar_run(&fullest_plan, values, NULL, false);
 	*tokens = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
 										   SPI_tuptable->tupdesc, 2, &isnull));
 	return DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
@@ -426,7 +421,8 @@ typedef struct LedgerRows
 	char		nulls[MAX_LEDGER_ROWS * LEDGER_COLS];
 } LedgerRows;
 
-static SPIPlanPtr ledger_plans[MAX_LEDGER_ROWS + 1];
+/* one INSERT per row count, its text built on first use (ledger_flush) */
+static ArPlan ledger_plans[MAX_LEDGER_ROWS + 1];
 
 static void
 ledger(LedgerRows *rows, const Operation *op, const char *scope,
@@ -463,10 +459,12 @@ ledger_flush(LedgerRows *rows)
 
 	if (n == 0)
 		return;
-	if (ledger_plans[n] == NULL)
+	StaticAssertStmt(MAX_LEDGER_ROWS * LEDGER_COLS <= AR_PLAN_MAX_ARGS,
+					 "ledger rows need more plan arguments");
+	if (ledger_plans[n].sql == NULL)
 	{
+		ArPlan	   *p = &ledger_plans[n];
 		StringInfoData sql;
-		Oid			types[MAX_LEDGER_ROWS * LEDGER_COLS];
 		int			r;
 
 		initStringInfo(&sql);
@@ -476,19 +474,30 @@ ledger_flush(LedgerRows *rows)
 							   "  reason, failure_class, retry_at) VALUES ");
 		for (r = 0; r < n; r++)
 		{
-			int			p = r * LEDGER_COLS;
+			int			col = r * LEDGER_COLS;
 
 			appendStringInfo(&sql, "%s($%d, $%d, $%d, $%d, $%d, $%d, $%d, $%d,"
 							 " $%d::agentretry.failure_class, $%d)",
-							 r ? ", " : "", p + 1, p + 2, p + 3, p + 4, p + 5,
-							 p + 6, p + 7, p + 8, p + 9, p + 10);
-			memcpy(&types[p], coltypes, sizeof(coltypes));
+							 r ? ", " : "", col + 1, col + 2, col + 3, col + 4,
+							 col + 5, col + 6, col + 7, col + 8, col + 9, col + 10);
+			memcpy(&p->argtypes[col], coltypes, sizeof(coltypes));
 		}
-		ar_prepare(&ledger_plans[n], sql.data, n * LEDGER_COLS, types);
+		p->nargs = n * LEDGER_COLS;
+		p->sql = MemoryContextStrdup(TopMemoryContext, sql.data);
 	}
-	ar_execute(ledger_plans[n], rows->values, rows->nulls, false, 0);
+	ar_run(&ledger_plans[n], rows->values, rows->nulls, false);
 	rows->n = 0;
 }
+
+static ArPlan run_debit_plan = {
+	"INSERT INTO agentretry.run_retries AS r (tenant, run_id, retries, updated_at)"
+	" VALUES ($1, $2, 1, $3)"
+	" ON CONFLICT (tenant, run_id) DO UPDATE"
+	" SET retries = r.retries + 1, updated_at = $3"
+	" WHERE r.retries < $4"
+	" RETURNING r.retries",
+	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID}
+};
 
 /*
  * The run's limit: count one more retry event of the run if it fits, in
@@ -498,7 +507,6 @@ ledger_flush(LedgerRows *rows)
 static bool
 run_debit(const Operation *op, TimestampTz now)
 {
-	static const Oid types[4] = {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID};
 	Datum		values[4];
 
 	if (ar_run_max_retries <= 0)
@@ -507,30 +515,23 @@ run_debit(const Operation *op, TimestampTz now)
 	values[1] = CStringGetTextDatum(op->run_id);
 	values[2] = TimestampTzGetDatum(now);
 	values[3] = Int32GetDatum(ar_run_max_retries);
-	return ar_execute(ar_prepare(&run_debit_plan,
-								 "INSERT INTO agentretry.run_retries AS r (tenant, run_id, retries, updated_at)"
-								 " VALUES ($1, $2, 1, $3)"
-								 " ON CONFLICT (tenant, run_id) DO UPDATE"
-								 " SET retries = r.retries + 1, updated_at = $3"
-								 " WHERE r.retries < $4"
-								 " RETURNING r.retries",
-								 4, types),
-					  values, NULL, false, 0) > 0;
+	return ar_run(&run_debit_plan, values, NULL, false) > 0;
 }
+
+static ArPlan run_refund_plan = {
+	"UPDATE agentretry.run_retries SET retries = retries - 1"
+	" WHERE tenant = $1 AND run_id = $2",
+	2, {TEXTOID, TEXTOID}
+};
 
 static void
 run_refund(const Operation *op)
 {
-	static const Oid types[2] = {TEXTOID, TEXTOID};
 	Datum		values[2];
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->run_id);
-	ar_execute(ar_prepare(&run_refund_plan,
-						  "UPDATE agentretry.run_retries SET retries = retries - 1"
-						  " WHERE tenant = $1 AND run_id = $2",
-						  2, types),
-			   values, NULL, false, 0);
+	ar_run(&run_refund_plan, values, NULL, false);
 }
 
 /* when a bucket that could not pay `cost` will be able to: its fullest stripe's refill */

@@ -24,7 +24,7 @@
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 
-#include "agentretry.h"
+#include "cache.h"
 
 #define MAX_FLAGS 8
 
@@ -75,9 +75,8 @@ cached_flag(RowsFlag *flag)
 		return flag->value;
 	flag->relid = get_relname_relid(flag->relname,
 									get_namespace_oid("agentretry", false));
-	ar_execute(ar_prepare(&flag->plan, flag->sql, 0, NULL), NULL, NULL, false, 0);
-	flag->value = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull));
+	ar_run(&flag->query, NULL, NULL, false);
+	flag->value = DatumGetBool(first_value(&isnull));
 	flag->known = !IsolationUsesXactSnapshot();
 	return flag->value;
 }

@@ -27,43 +27,12 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "budget.h"
+#include "events.h"
+#include "transition.h"
 
 /* Retries of the read/insert loop when the row keeps vanishing. */
 #define CLAIM_MAX_TRIES 5
-
-static void
-answer_init(ClaimAnswer *a, Outcome outcome, const Operation *op)
-{
-	a->outcome = outcome;
-	a->attempt = op->attempts;
-	a->lease_token = -1;
-	a->lease_expires_at = TS_NONE;
-	a->has_result = false;
-	a->retry_at = TS_NONE;
-	a->reason = op->reason;
-}
-
-static bool
-reason_is(const Operation *op, const char *reason)
-{
-	return op->reason != NULL && strcmp(op->reason, reason) == 0;
-}
-
-/*
- * A terminal answer.  An operation dead-lettered because a budget denied
- * its retry answers denied with no retry_at: not before an operator acts.
- */
-static void
-answer_terminal(ClaimAnswer *a, const Operation *op)
-{
-	Outcome		outcome = op->state == OP_CANCELLED ? OUT_CANCELLED :
-		reason_is(op, "budget_exhausted") ? OUT_DENIED : OUT_DEAD;
-
-	answer_init(a, outcome, op);
-	a->result = JsonbPGetDatum(operation_last_error(op));
-	a->has_result = true;
-}
 
 /*
  * A key reused for a different call is a bug in the caller (or two agents
@@ -90,188 +59,6 @@ check_fingerprint(const Operation *op, const ClaimRequest *req)
 				 errdetail("The key belongs to tool \"%s\"; this call names tool \"%s\".",
 						   op->tool, req->tool),
 				 errhint("Use a new key for a different operation.")));
-}
-
-/*
- * Answers that need no transition: the terminal states, a live lease, a
- * retry not yet due.  Returns false when the caller must lock and act.
- */
-static bool
-answer_without_transition(const Operation *op, TimestampTz now, ClaimAnswer *a)
-{
-	switch (op->state)
-	{
-		case OP_SUCCEEDED:
-			answer_init(a, OUT_REPLAY, op);
-			a->result = op->result;
-			a->has_result = op->has_result;
-			return true;
-		case OP_DEAD:
-		case OP_CANCELLED:
-			answer_terminal(a, op);
-			return true;
-		case OP_IN_PROGRESS:
-		case OP_VERIFY:
-			if (op->lease_expires_at != TS_NONE && op->lease_expires_at > now)
-			{
-				answer_init(a, OUT_BUSY, op);
-				a->retry_at = op->lease_expires_at;
-				return true;
-			}
-			return false;
-		case OP_RETRY_WAIT:
-			if (op->next_attempt_at != TS_NONE && op->next_attempt_at > now)
-			{
-				/* waiting for a budget to allow the retry: denied until then */
-				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
-				a->retry_at = op->next_attempt_at;
-				return true;
-			}
-			return false;
-	}
-	return false;
-}
-
-/* Hand the caller a new lease: an attempt, or a verification. */
-static void
-issue_lease(Operation *op, const ClaimRequest *req, bool verification,
-			ClaimAnswer *a)
-{
-	int64		lease = req->lease != USEC_NONE ? req->lease : op->policy.lease;
-
-	op->lease_token++;
-	op->lease_owner = (char *) req->owner;
-	op->lease_expires_at = ts_add_usec(req->now, lease);
-	op->next_attempt_at = TS_NONE;
-	if (!verification)
-	{
-		op->state = OP_IN_PROGRESS;
-		op->attempts++;
-		op->last_attempt_at = req->now;
-		if (op->first_attempt_at == TS_NONE)
-			op->first_attempt_at = req->now;
-	}
-	operation_store(op, req->now);
-
-	if (verification)
-		record_simple_event("verifying", op, op->reason, req->now);
-	else if (ar_trace_all)
-		record_simple_event("claim", op, NULL, req->now);
-
-	answer_init(a, verification ? OUT_VERIFY : OUT_EXECUTE, op);
-	a->lease_token = op->lease_token;
-	a->lease_expires_at = op->lease_expires_at;
-}
-
-/*
- * An expired execution lease is an ambiguous failure decided as of its
- * expiry (expire_lease); a retry already due is executed by this claimant
- * at once.
- */
-static void
-take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
-{
-	Decision	d;
-
-	expire_lease(op, req->now, &d);
-	switch (d.action)
-	{
-		case ACT_RETRY:
-			if (op->next_attempt_at <= req->now)
-				issue_lease(op, req, false, a);
-			else
-			{
-				operation_store(op, req->now);
-				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
-				a->retry_at = op->next_attempt_at;
-			}
-			break;
-		case ACT_VERIFY:
-			issue_lease(op, req, true, a);
-			break;
-		case ACT_DEAD:
-			operation_store(op, req->now);
-			answer_terminal(a, op);
-			break;
-	}
-}
-
-/*
- * A retry that waited for a budget has not paid yet: it pays now, or waits
- * again (denied until the budget allows it), or, when that would be after
- * the deadline, is dead-lettered.  Returns whether it may start.
- */
-static bool
-pay_budget_wait(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
-{
-	Decision	d;
-	TimestampTz allowed_at;
-	const char *why;
-	FailureClass fc = op->failure_class >= 0 ? (FailureClass) op->failure_class : FC_TRANSIENT;
-
-	if (budget_allow_retry(op, fc, req->now, &allowed_at, &why))
-		return true;
-	d.action = ACT_RETRY;
-	d.retry_at = req->now;
-	d.delay = 0;
-	budget_deny(&d, op->deadline, allowed_at, req->now);
-	if (d.action == ACT_DEAD)
-	{
-		dead_letter(op, d.reason, req->now);
-		answer_terminal(a, op);
-		return false;
-	}
-	op->next_attempt_at = d.retry_at;
-	operation_store(op, req->now);
-	record_simple_event("denied", op, why, req->now);
-	answer_init(a, OUT_DENIED, op);
-	a->retry_at = d.retry_at;
-	return false;
-}
-
-/*
- * A due retry starts, unless it is too late for the deadline or a budget
- * it waited for still denies it.  (An operator's requeue is not checked
- * against budgets: its reason is requeued.)
- */
-static void
-start_due_retry(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
-{
-	if (retry_too_late(op, req->now))
-	{
-		dead_letter(op, "deadline_exceeded", req->now);
-		answer_terminal(a, op);
-		return;
-	}
-	if (reason_is(op, "budget_wait") && !pay_budget_wait(op, req, a))
-		return;
-	issue_lease(op, req, false, a);
-}
-
-/*
- * Under the row lock: answer again, or make the transition.  Also the
- * transition of claim_due(), for the rows it locked.
- */
-void
-claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
-{
-	if (answer_without_transition(op, req->now, a))
-		return;
-	switch (op->state)
-	{
-		case OP_IN_PROGRESS:
-			take_over_expired(op, req, a);
-			break;
-		case OP_RETRY_WAIT:
-			start_due_retry(op, req, a);
-			break;
-		case OP_VERIFY:
-			issue_lease(op, req, true, a);
-			break;
-		default:
-			elog(ERROR, "agentretry: no transition from state %s",
-				 op_state_labels[op->state]);
-	}
 }
 
 static Datum
@@ -325,7 +112,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	ClaimRequest req;
 	Operation	op;
 	ClaimAnswer answer;
-	MemoryContext caller = CurrentMemoryContext;
+	ArSpi		spi;
 	Datum		result;
 	int			tries;
 
@@ -341,7 +128,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	req.op_hash = compute_op_hash(args, NULL);
 	req.now = GetCurrentTimestamp();
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	for (tries = 0;; tries++)
 	{
 		if (tries >= CLAIM_MAX_TRIES)
@@ -392,12 +179,8 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	}
 
 	/* form the row while SPI's memory (result, reason) is still alive */
-	{
-		MemoryContext spi = MemoryContextSwitchTo(caller);
-
-		result = answer_datum(fcinfo, &answer);
-		MemoryContextSwitchTo(spi);
-	}
-	ar_spi_end();
+	MemoryContextSwitchTo(spi.caller);
+	result = answer_datum(fcinfo, &answer);
+	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }

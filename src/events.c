@@ -16,30 +16,26 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
-#include "executor/spi.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "events.h"
 
 #define EVENT_NARGS 16
 
-static SPIPlanPtr insert_plan;
-
-static const Oid event_argtypes[EVENT_NARGS] = {
-	TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
-	INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
-	INT8OID, TEXTOID
+static ArPlan insert_event_plan = {
+	"INSERT INTO agentretry.events"
+	" (tenant, at, kind, key, tool, run_id, step, attempt,"
+	"  failure_class, failure_phase, code, message, reason,"
+	"  delay, lease_token, owner)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+	"  $9::agentretry.failure_class, $10::agentretry.failure_phase,"
+	"  $11, $12, $13, $14, $15, $16)",
+	EVENT_NARGS,
+	{TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
+		INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
+	INT8OID, TEXTOID}
 };
-
-#define EVENT_SQL \
-	"INSERT INTO agentretry.events" \
-	" (tenant, at, kind, key, tool, run_id, step, attempt," \
-	"  failure_class, failure_phase, code, message, reason," \
-	"  delay, lease_token, owner)" \
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8," \
-	"  $9::agentretry.failure_class, $10::agentretry.failure_phase," \
-	"  $11, $12, $13, $14, $15, $16)"
 
 /* Append one event; the caller must be SPI-connected. */
 void
@@ -67,8 +63,7 @@ record_event(const EventData *ev)
 	values[14] = Int64GetDatum(op->lease_token);
 	param_text(values, nulls, 15, op->lease_owner);
 
-	ar_execute(ar_prepare(&insert_plan, EVENT_SQL, EVENT_NARGS, event_argtypes),
-			   values, nulls, false, 0);
+	ar_run(&insert_event_plan, values, nulls, false);
 }
 
 /* An event without failure details (claim, replay, complete, release...). */

@@ -18,7 +18,8 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "events.h"
+#include "transition.h"
 
 /*
  * Lock the operation and check that lease_token is a lease the caller still
@@ -61,12 +62,13 @@ agentretry_heartbeat(PG_FUNCTION_ARGS)
 	char	   *tenant = arg_tenant(fcinfo, 3);
 	TimestampTz now;
 	Operation	op;
+	ArSpi		spi;
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = ts_add_usec(now, extend != USEC_NONE ? extend : op.policy.lease);
 	operation_store(&op, now);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_TIMESTAMPTZ(op.lease_expires_at);
 }
 
@@ -87,8 +89,9 @@ agentretry_release(PG_FUNCTION_ARGS)
 	char	   *tenant = arg_tenant(fcinfo, 2);
 	TimestampTz now;
 	Operation	op;
+	ArSpi		spi;
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = TS_NONE;
 	if (op.state == OP_IN_PROGRESS)
@@ -101,6 +104,6 @@ agentretry_release(PG_FUNCTION_ARGS)
 	operation_store(&op, now);
 	if (ar_trace_all)
 		record_simple_event("release", &op, "released", now);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_VOID();
 }

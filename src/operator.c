@@ -19,7 +19,8 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "events.h"
+#include "transition.h"
 
 /* Lock the operation for an operator action, or raise AR003. */
 static TimestampTz
@@ -82,11 +83,12 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 	Operation	op;
 	TimestampTz now;
 	Datum		result;
+	ArSpi		spi;
 
 	check_not_null(fcinfo, 2, "reset_attempts");
 	reset = PG_GETARG_BOOL(2);
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	now = load_for_operator(tenant, key, &op);
 	if (op.state == OP_SUCCEEDED)
 		report_operator_state("requeue", &op,
@@ -117,7 +119,7 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 	operation_store(&op, now);
 	trace_operator("requeue", &op, reset ? "requeued_reset" : "requeued", now);
 	result = state_datum(fcinfo, op.state);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }
 
@@ -142,8 +144,9 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 	Operation	op;
 	TimestampTz now;
 	Datum		result;
+	ArSpi		spi;
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	now = load_for_operator(tenant, key, &op);
 	if (op.state == OP_SUCCEEDED || op.state == OP_CANCELLED)
 		report_operator_state("cancel", &op,
@@ -154,6 +157,6 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 	operation_store(&op, now);
 	trace_operator("cancel", &op, reason, now);
 	result = state_datum(fcinfo, op.state);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }

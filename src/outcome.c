@@ -21,7 +21,8 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "events.h"
+#include "transition.h"
 
 /* Says why a complete() was refused; does not return. */
 static void
@@ -60,6 +61,7 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	char	   *compensate_tool;
 	Jsonb	   *compensate_args;
 	TimestampTz now = GetCurrentTimestamp();
+	ArSpi		spi;
 
 	memset(&op, 0, sizeof(op));
 	op.key = arg_key(fcinfo, 0);
@@ -69,13 +71,13 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
 							compensate_args, ar_trace_all, now))
 		report_refused_complete(op.tenant, op.key, lease_token);
 	if (ar_trace_all)
 		record_simple_event("complete", &op, NULL, now);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_VOID();
 }
 
@@ -106,7 +108,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	Operation	op;
 	Decision	d;
-	MemoryContext caller = CurrentMemoryContext;
+	ArSpi		spi;
 	Datum		result;
 
 	check_not_null(fcinfo, 2, "failure");
@@ -125,7 +127,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	}
 	tenant = arg_tenant(fcinfo, 7);
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	if (!operation_load(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
@@ -138,9 +140,9 @@ agentretry_fail(PG_FUNCTION_ARGS)
 	apply_failure(&op, failure, phase, code, message, retry_after, 0, now, &d);
 	operation_store(&op, now);
 
-	MemoryContextSwitchTo(caller);
+	MemoryContextSwitchTo(spi.caller);
 	result = decision_datum(fcinfo, &d);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }
 
@@ -181,13 +183,14 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	Operation	op;
 	OpState		state;
+	ArSpi		spi;
 
 	check_not_null(fcinfo, 2, "executed");
 	executed = PG_GETARG_BOOL(2);
 	result = arg_payload(fcinfo, 3, "result", false);
 	tenant = arg_tenant(fcinfo, 4);
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	if (!operation_load(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
@@ -210,7 +213,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	else
 		resolve_not_executed(&op, now);
 	state = op.state;
-	ar_spi_end();
+	ar_spi_end(&spi);
 
 	PG_RETURN_DATUM(label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
 									 op_state_labels[state]));
@@ -230,11 +233,14 @@ agentretry_lookup(PG_FUNCTION_ARGS)
 	char	   *tenant = arg_tenant(fcinfo, 1);
 	bool		found;
 	Datum		row;
+	ArSpi		spi;
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	row = operation_row(tenant, key, &found);
 	if (!found)
 		report_unknown_key(tenant, key);
-	ar_spi_end();
+	MemoryContextSwitchTo(spi.caller);
+	row = PointerGetDatum(DatumGetHeapTupleHeaderCopy(row));
+	ar_spi_end(&spi);
 	PG_RETURN_DATUM(row);
 }

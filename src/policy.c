@@ -28,7 +28,8 @@
 #include "utils/float.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "cache.h"
+#include "policy.h"
 
 typedef struct TierDefault
 {
@@ -196,11 +197,14 @@ agentretry_tier_defaults(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-static SPIPlanPtr effective_plan;
-
-static RowsFlag tenant_policies_flag = {
-	"tenant_policies", "SELECT EXISTS (SELECT FROM agentretry.tenant_policies)"
+static ArPlan effective_plan = {
+	"SELECT " AR_POLICY_COLUMNS
+	" FROM (SELECT $1::text AS tenant, $2::text AS tool) o" AR_POLICY_JOINS,
+	2, {TEXTOID, TEXTOID}
 };
+
+static RowsFlag tenant_policies_flag =
+ROWS_FLAG("tenant_policies", "SELECT EXISTS (SELECT FROM agentretry.tenant_policies)");
 
 /*
  * Has any tenant a policy?  Without, the hot statements read the tool's
@@ -251,24 +255,19 @@ PG_FUNCTION_INFO_V1(agentretry_effective_policy);
 Datum
 agentretry_effective_policy(PG_FUNCTION_ARGS)
 {
-	static const Oid argtypes[2] = {TEXTOID, TEXTOID};
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	char	   *tenant = arg_tenant(fcinfo, 0);
 	char	   *tool = arg_tool(fcinfo, 1);
 	Datum		values[2];
 	Policy		p;
 	char		buf[32];
+	ArSpi		spi;
 
 	InitMaterializedSRF(fcinfo, 0);
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(tool);
-	ar_spi_begin();
-	ar_execute(ar_prepare(&effective_plan,
-						  "SELECT " AR_POLICY_COLUMNS
-						  " FROM (SELECT $1::text AS tenant, $2::text AS tool) o"
-						  AR_POLICY_JOINS,
-						  2, argtypes),
-			   values, NULL, true, 0);
+	ar_spi_begin(&spi);
+	ar_run(&effective_plan, values, NULL, true);
 	policy_from_columns(&p, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 
 	put_field(rsinfo, &p, PF_IDEMPOTENCY, "idempotency", idempotency_labels[p.idempotency]);
@@ -284,6 +283,6 @@ agentretry_effective_policy(PG_FUNCTION_ARGS)
 	put_field(rsinfo, &p, PF_LEASE, "lease", usec_text(p.lease));
 	put_field(rsinfo, &p, PF_TTL, "ttl", usec_text(p.ttl));
 	put_field(rsinfo, &p, PF_COMPENSATE_TOOL, "compensate_tool", p.compensate_tool);
-	ar_spi_end();
+	ar_spi_end(&spi);
 	return (Datum) 0;
 }

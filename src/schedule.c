@@ -30,46 +30,37 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "transition.h"
 
 #define CLAIM_DUE_MAX 1000
 
+/* $1 tenant, $2 now, $3 how many, $4 tools or NULL */
+#define DUE_ARGTYPES {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTARRAYOID}
+
 /* due retries, oldest first */
-#define DUE_RETRIES_SQL \
-	"SELECT %s, o.args FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.tenant = $1 AND o.state = 'retry_wait' AND o.next_attempt_at <= $2" \
-	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))" \
-	" ORDER BY o.next_attempt_at" \
-	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
+static ArPlan due_retries_plan = {
+	"SELECT " AR_OP_SELECT ", o.args FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.tenant = $1 AND o.state = 'retry_wait' AND o.next_attempt_at <= $2"
+	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))"
+	" ORDER BY o.next_attempt_at"
+	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+	4, DUE_ARGTYPES
+};
 
 /*
  * Expired leases, oldest first, only of idempotent tools: for the others
  * the decision is a verification, which a retry worker cannot do (the
  * sweep makes it; a claim of the key hands it out).
  */
-#define EXPIRED_LEASES_SQL \
-	"SELECT %s, o.args FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.tenant = $1 AND o.state = 'in_progress' AND o.lease_expires_at <= $2" \
-	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))" \
-	" AND t.idempotency = 'idempotent'" \
-	" ORDER BY o.lease_expires_at" \
-	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED"
-
-static SPIPlanPtr retries_plan;
-static SPIPlanPtr leases_plan;
-
-static SPIPlanPtr
-prepare_due_plan(bool leases)
-{
-	static const Oid argtypes[4] = {TEXTOID, TIMESTAMPTZOID, INT4OID, TEXTARRAYOID};
-	SPIPlanPtr *cache = leases ? &leases_plan : &retries_plan;
-
-	if (*cache == NULL)
-		return ar_prepare(cache, psprintf(leases ? EXPIRED_LEASES_SQL : DUE_RETRIES_SQL,
-										  operation_select_list),
-						  4, argtypes);
-	return *cache;
-}
+static ArPlan due_leases_plan = {
+	"SELECT " AR_OP_SELECT ", o.args FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.tenant = $1 AND o.state = 'in_progress' AND o.lease_expires_at <= $2"
+	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))"
+	" AND t.idempotency = 'idempotent'"
+	" ORDER BY o.lease_expires_at"
+	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+	4, DUE_ARGTYPES
+};
 
 /* max: 1 to CLAIM_DUE_MAX */
 static int
@@ -158,7 +149,8 @@ fetch_due(bool leases, const char *tenant, Datum tools, bool tools_null,
 	values[1] = TimestampTzGetDatum(now);
 	values[2] = Int32GetDatum(want);
 	values[3] = tools;
-	got = ar_execute(prepare_due_plan(leases), values, nulls, false, 0);
+	got = ar_run(leases ? &due_leases_plan : &due_retries_plan, values, nulls,
+				 false);
 	tt = SPI_tuptable;			/* kept until SPI_finish */
 	for (i = 0; i < got; i++)
 	{
@@ -238,6 +230,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	ClaimRequest req;
 	int			leased = 0;
 	int			examined = 0;
+	ArSpi		spi;
 
 	memset(&req, 0, sizeof(req));
 	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
@@ -247,7 +240,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	req.now = GetCurrentTimestamp();
 
 	InitMaterializedSRF(fcinfo, 0);
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	/* rows that end without a lease do not count; bound the extra work */
 	while (leased < max && examined < max * 4)
 	{
@@ -258,6 +251,6 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 			break;
 		examined += n;
 	}
-	ar_spi_end();
+	ar_spi_end(&spi);
 	return (Datum) 0;
 }

@@ -37,25 +37,32 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
-#include "agentretry.h"
+#include "transition.h"
 
 #define SWEEP_MAX 100000
 
-/* $1 now, $2 max; both queries re-check their condition under the lock */
-#define EXPIRED_LEASES_SQL \
-	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.state = 'in_progress' AND o.lease_expires_at <= $1" \
-	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+/* $1 now (or a cut-off time), $2 max */
+#define NOW_MAX_ARGTYPES {TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID}
+
+/* Both locking queries re-check their condition under the lock. */
+static ArPlan expired_leases_plan = {
+	"SELECT " AR_OP_SELECT " FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.state = 'in_progress' AND o.lease_expires_at <= $1"
+	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+	2, NOW_MAX_ARGTYPES
+};
 
 /*
  * $3: now - deadline_grace.  The rule of retry_too_late(): due beyond the
  * deadline, or the deadline's grace is over.
  */
-#define PAST_DEADLINE_SQL \
-	"SELECT %s FROM agentretry.operations o" AR_POLICY_JOINS \
-	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1" \
-	" AND (o.deadline < $3 OR o.next_attempt_at > o.deadline)" \
-	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED"
+static ArPlan past_deadline_plan = {
+	"SELECT " AR_OP_SELECT " FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1"
+	" AND (o.deadline < $3 OR o.next_attempt_at > o.deadline)"
+	" LIMIT $2 FOR UPDATE OF o SKIP LOCKED",
+	3, NOW_MAX_ARGTYPES
+};
 
 /*
  * The deleted rows' highest fencing token per tenant raises the tenant's
@@ -63,75 +70,64 @@
  * A floor row is appended only when it raises the floor, and never
  * updated, so overlapping sweeps do not wait for each other.
  */
-#define PURGE_OPERATIONS_SQL \
-	"WITH gone AS (" \
-	" DELETE FROM agentretry.operations o USING (" \
-	"  SELECT x.tenant, x.key FROM agentretry.operations x" \
-	"  WHERE x.expires_at <= $1 ORDER BY x.expires_at LIMIT $2" \
-	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1" \
-	" RETURNING o.tenant, o.lease_token)," \
-	" floors AS (" \
-	" INSERT INTO agentretry.token_floors (tenant, floor, raised_at)" \
-	"  SELECT g.tenant, max(g.lease_token), $1 FROM gone g GROUP BY g.tenant" \
-	"  HAVING max(g.lease_token) > coalesce((SELECT max(f.floor)" \
-	"   FROM agentretry.token_floors f WHERE f.tenant = g.tenant), 0))" \
-	" SELECT count(*) FROM gone"
+static ArPlan purge_operations_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.operations o USING ("
+	"  SELECT x.tenant, x.key FROM agentretry.operations x"
+	"  WHERE x.expires_at <= $1 ORDER BY x.expires_at LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE o.tenant = d.tenant AND o.key = d.key AND o.expires_at <= $1"
+	" RETURNING o.tenant, o.lease_token),"
+	" floors AS ("
+	" INSERT INTO agentretry.token_floors (tenant, floor, raised_at)"
+	"  SELECT g.tenant, max(g.lease_token), $1 FROM gone g GROUP BY g.tenant"
+	"  HAVING max(g.lease_token) > coalesce((SELECT max(f.floor)"
+	"   FROM agentretry.token_floors f WHERE f.tenant = g.tenant), 0))"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
 
-#define PURGE_EVENTS_SQL \
-	"WITH gone AS (" \
-	" DELETE FROM agentretry.events e USING (" \
-	"  SELECT x.tenant, x.id FROM agentretry.events x" \
-	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2" \
-	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)" \
-	" SELECT count(*) FROM gone"
+static ArPlan purge_events_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.events e USING ("
+	"  SELECT x.tenant, x.id FROM agentretry.events x"
+	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
 
 /* retention of the budget ledger and of idle run counters: as events */
-#define PURGE_LEDGER_SQL \
-	"WITH gone AS (" \
-	" DELETE FROM agentretry.budget_ledger e USING (" \
-	"  SELECT x.tenant, x.id FROM agentretry.budget_ledger x" \
-	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2" \
-	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)," \
-	" idle_runs AS (" \
-	" DELETE FROM agentretry.run_retries r USING (" \
-	"  SELECT x.tenant, x.run_id FROM agentretry.run_retries x" \
-	"  WHERE x.updated_at < $1 ORDER BY x.updated_at LIMIT $2" \
-	"  FOR UPDATE SKIP LOCKED) d" \
-	" WHERE r.tenant = d.tenant AND r.run_id = d.run_id)" \
-	" SELECT count(*) FROM gone"
+static ArPlan purge_ledger_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.budget_ledger e USING ("
+	"  SELECT x.tenant, x.id FROM agentretry.budget_ledger x"
+	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1),"
+	" idle_runs AS ("
+	" DELETE FROM agentretry.run_retries r USING ("
+	"  SELECT x.tenant, x.run_id FROM agentretry.run_retries x"
+	"  WHERE x.updated_at < $1 ORDER BY x.updated_at LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE r.tenant = d.tenant AND r.run_id = d.run_id)"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
 
-#define DUE_COUNT_SQL \
-	"SELECT count(*) FROM agentretry.operations o" \
-	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1"
-
-static SPIPlanPtr expired_plan;
-static SPIPlanPtr deadline_plan;
-static SPIPlanPtr purge_ops_plan;
-static SPIPlanPtr purge_events_plan;
-static SPIPlanPtr purge_ledger_plan;
-static SPIPlanPtr due_count_plan;
-
-static const Oid now_max_types[3] = {TIMESTAMPTZOID, INT4OID, TIMESTAMPTZOID};
-
-static SPIPlanPtr
-select_plan(SPIPlanPtr *cache, const char *fmt, int nargs)
-{
-	if (*cache == NULL)
-		return ar_prepare(cache, psprintf(fmt, operation_select_list), nargs,
-						  now_max_types);
-	return *cache;
-}
+static ArPlan due_count_plan = {
+	"SELECT count(*) FROM agentretry.operations o"
+	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1",
+	1, NOW_MAX_ARGTYPES
+};
 
 /* Step 1: leases that expired become ambiguous failures, decided. */
 static int
 expire_leases(TimestampTz now, int max)
 {
 	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(max)};
-	uint64		n = ar_execute(select_plan(&expired_plan, EXPIRED_LEASES_SQL, 2),
-								 values, NULL, false, 0);
+	uint64		n = ar_run(&expired_leases_plan, values, NULL, false);
 	SPITupleTable *rows = SPI_tuptable;
 	uint64		i;
 
@@ -160,8 +156,7 @@ dead_letter_past_deadline(TimestampTz now, int max)
 	values[0] = TimestampTzGetDatum(now);
 	values[1] = Int32GetDatum(max);
 	values[2] = TimestampTzGetDatum(ts_add_usec(now, -(int64) ar_deadline_grace_sec * USECS_PER_SEC));
-	n = ar_execute(select_plan(&deadline_plan, PAST_DEADLINE_SQL, 3),
-				   values, NULL, false, 0);
+	n = ar_run(&past_deadline_plan, values, NULL, false);
 	rows = SPI_tuptable;
 	for (i = 0; i < n; i++)
 	{
@@ -176,14 +171,13 @@ dead_letter_past_deadline(TimestampTz now, int max)
 
 /* Steps 3 and 4: one bounded DELETE; sql returns the count */
 static int
-purge(SPIPlanPtr *cache, const char *sql, TimestampTz before, int max)
+purge(ArPlan *plan, TimestampTz before, int max)
 {
 	Datum		values[2] = {TimestampTzGetDatum(before), Int32GetDatum(max)};
 	bool		isnull;
 
-	ar_execute(ar_prepare(cache, sql, 2, now_max_types), values, NULL, false, 0);
-	return (int) DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-											 SPI_tuptable->tupdesc, 1, &isnull));
+	ar_run(plan, values, NULL, false);
+	return (int) DatumGetInt64(first_value(&isnull));
 }
 
 static int64
@@ -193,10 +187,8 @@ count_due(TimestampTz now)
 	bool		isnull;
 
 	/* not read-only: the count must see what the steps above changed */
-	ar_execute(ar_prepare(&due_count_plan, DUE_COUNT_SQL, 1, now_max_types),
-			   values, NULL, false, 0);
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0],
-									   SPI_tuptable->tupdesc, 1, &isnull));
+	ar_run(&due_count_plan, values, NULL, false);
+	return DatumGetInt64(first_value(&isnull));
 }
 
 PG_FUNCTION_INFO_V1(agentretry_sweep);
@@ -221,6 +213,7 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	bool		nulls[7] = {false, false, false, false, false, false, false};
 	TimestampTz retention_start = ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC);
 	int			i;
+	ArSpi		spi;
 
 	check_not_null(fcinfo, 0, "max");
 	max = PG_GETARG_INT32(0);
@@ -230,14 +223,14 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 				 errmsg("max must be between 1 and %d", SWEEP_MAX),
 				 errdetail("max is %d.", max)));
 
-	ar_spi_begin();
+	ar_spi_begin(&spi);
 	counts[0] = expire_leases(now, max);
 	counts[1] = dead_letter_past_deadline(now, max);
-	counts[2] = purge(&purge_ops_plan, PURGE_OPERATIONS_SQL, now, max);
-	counts[3] = purge(&purge_events_plan, PURGE_EVENTS_SQL, retention_start, max);
-	counts[4] = purge(&purge_ledger_plan, PURGE_LEDGER_SQL, retention_start, max);
+	counts[2] = purge(&purge_operations_plan, now, max);
+	counts[3] = purge(&purge_events_plan, retention_start, max);
+	counts[4] = purge(&purge_ledger_plan, retention_start, max);
 	due = count_due(now);
-	ar_spi_end();
+	ar_spi_end(&spi);
 
 	if (due > 0)
 		Async_Notify("agentretry", psprintf(INT64_FORMAT, due));

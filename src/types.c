@@ -135,3 +135,9 @@ result_tupdesc(FunctionCallInfo fcinfo)
 	}
 	return desc;
 }
+
+bool
+op_state_terminal(OpState s)
+{
+	return s == OP_SUCCEEDED || s == OP_DEAD || s == OP_CANCELLED;
+}

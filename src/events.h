@@ -1,0 +1,32 @@
+/*-------------------------------------------------------------------------
+ *
+ * events.h
+ *	  The append-only trace in agentretry.events.
+ *
+ * src/events.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AGENTRETRY_EVENTS_H
+#define AGENTRETRY_EVENTS_H
+
+#include "operation.h"
+
+typedef struct EventData
+{
+	const char *kind;
+	const Operation *op;
+	int			failure_class;	/* -1: none */
+	int			failure_phase;	/* -1: none */
+	const char *code;
+	const char *message;
+	const char *reason;
+	int64		delay;			/* USEC_NONE: none */
+	TimestampTz at;
+} EventData;
+
+extern void record_event(const EventData *ev);
+extern void record_simple_event(const char *kind, const Operation *op,
+								const char *reason, TimestampTz at);
+
+#endif							/* AGENTRETRY_EVENTS_H */

@@ -1,0 +1,206 @@
+/*-------------------------------------------------------------------------
+ *
+ * spi.c
+ *	  The SPI layer: connections with search_path pinned, named plans
+ *	  prepared once per backend, parameter setters and column readers.
+ *
+ * Plans are prepared with CURSOR_OPT_GENERIC_PLAN and kept
+ * (SPI_keepplan); the plan cache revalidates them after DDL.  They are
+ * made under the pinned search_path, so they are never re-planned for a
+ * caller's search_path.
+ *
+ * src/spi.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/timestamp.h"
+
+#include "spi.h"
+
+/*
+ * Connect to SPI with search_path pinned to pg_catalog alone (no temp
+ * schema), so that nothing a caller puts on its search_path (a table, a
+ * function, an operator) can be picked up by the queries run here.  This
+ * is what "SET search_path" on a SECURITY DEFINER function achieves, at a
+ * fraction of its cost: the override stack is a list push, where a SET
+ * clause parses and assigns a GUC on every call (about a sixth of a
+ * replay's time).  Transaction and subtransaction abort unwind the
+ * override.  The GUC nest level (PostgreSQL 17 and later) is kept in the
+ * caller's ArSpi, so nested connections each restore their own.
+ */
+void
+ar_spi_begin(ArSpi *spi)
+{
+#if PG_VERSION_NUM < 170000
+	OverrideSearchPath path = {NIL, true, false, 0};
+#endif
+
+	spi->caller = CurrentMemoryContext;
+	spi->guc_nest_level = 0;
+	SPI_connect();
+#if PG_VERSION_NUM < 170000
+	PushOverrideSearchPath(&path);
+#else
+	spi->guc_nest_level = NewGUCNestLevel();
+	(void) set_config_option("search_path", "pg_catalog", PGC_USERSET,
+							 PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+#endif
+}
+
+void
+ar_spi_end(ArSpi *spi)
+{
+#if PG_VERSION_NUM < 170000
+	PopOverrideSearchPath();
+#else
+	AtEOXact_GUC(true, spi->guc_nest_level);
+#endif
+	SPI_finish();
+	MemoryContextSwitchTo(spi->caller);
+}
+
+/*
+ * Always a generic plan: every statement here is written for one plan
+ * (primary-key probes, or an ordered scan of a partial index with a
+ * LIMIT), and letting the plan cache weigh custom plans would re-plan
+ * claim_due's query on every call (its LIMIT and time parameters make a
+ * custom plan look cheaper), a third of its cost.
+ */
+static SPIPlanPtr
+prepare(ArPlan *p)
+{
+	if (p->plan == NULL)
+	{
+		SPIPlanPtr	plan;
+
+		Assert(p->sql != NULL);
+		plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
+								  CURSOR_OPT_GENERIC_PLAN);
+		if (plan == NULL)
+			elog(ERROR, "agentretry: SPI_prepare failed: %s",
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(plan);
+		p->plan = plan;
+	}
+	return p->plan;
+}
+
+/* Run p (preparing it on first use); returns SPI_processed. */
+uint64
+ar_run(ArPlan *p, Datum *values, const char *nulls, bool read_only)
+{
+	return ar_run_limit(p, values, nulls, read_only, 0);
+}
+
+uint64
+ar_run_limit(ArPlan *p, Datum *values, const char *nulls, bool read_only,
+			 long count)
+{
+	int			rc = SPI_execute_plan(prepare(p), values, nulls, read_only, count);
+
+	if (rc < 0)
+		elog(ERROR, "agentretry: SPI_execute_plan failed: %s",
+			 SPI_result_code_string(rc));
+	return SPI_processed;
+}
+
+void
+param_text(Datum *values, char *nulls, int i, const char *s)
+{
+	if (s)
+		values[i] = CStringGetTextDatum(s);
+	else
+		nulls[i] = 'n';
+}
+
+void
+param_ts(Datum *values, char *nulls, int i, TimestampTz ts)
+{
+	if (ts != TS_NONE)
+		values[i] = TimestampTzGetDatum(ts);
+	else
+		nulls[i] = 'n';
+}
+
+void
+param_usec(Datum *values, char *nulls, int i, int64 usec)
+{
+	if (usec != USEC_NONE)
+		values[i] = IntervalPGetDatum(usec_interval(usec));
+	else
+		nulls[i] = 'n';
+}
+
+/* an enum passed as text: index into labels, or -1 for NULL */
+void
+param_label(Datum *values, char *nulls, int i, const char *const *labels,
+			int index)
+{
+	param_text(values, nulls, i, index >= 0 ? labels[index] : NULL);
+}
+
+void
+param_jsonb(Datum *values, char *nulls, int i, Jsonb *j)
+{
+	if (j)
+		values[i] = JsonbPGetDatum(j);
+	else
+		nulls[i] = 'n';
+}
+
+char *
+col_text(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+TimestampTz
+col_ts(HeapTuple tup, TupleDesc desc, int col)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? TS_NONE : DatumGetTimestampTz(d);
+}
+
+int64
+col_int64(HeapTuple tup, TupleDesc desc, int col, int64 none)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? none : DatumGetInt64(d);
+}
+
+int32
+col_int32(HeapTuple tup, TupleDesc desc, int col, int32 none)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? none : DatumGetInt32(d);
+}
+
+bool
+col_bool(HeapTuple tup, TupleDesc desc, int col, bool none)
+{
+	bool		isnull;
+	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
+
+	return isnull ? none : DatumGetBool(d);
+}
+
+Datum
+first_value(bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1,
+						 isnull);
+}
