@@ -1,7 +1,8 @@
 --
 -- upgrade: ALTER EXTENSION agentretry UPDATE from 0.1.0 keeps the rows
 -- written under 0.1.0 working, and builds exactly what a fresh
--- CREATE EXTENSION builds
+-- CREATE EXTENSION builds, which runs the complete script of the version
+-- (agentretry--0.3.0.sql) instead of 0.1.0 and the update scripts
 --
 -- Both installs get databases of their own; drop leftovers of an
 -- interrupted run first.
@@ -12,20 +13,39 @@ RESET client_min_messages;
 CREATE DATABASE ar_upgrade;
 \c ar_upgrade
 
--- Every member object of the extension, and the columns and indexes of
--- its relations, with what a description leaves out: a function's whole
--- definition (body, settings, volatility, security), a column's type,
--- default and comment, a table's constraints, an index's or view's
--- definition, a type's labels, privileges and comments.  Long definitions
--- are reduced to their md5.  parent is the relation of a column or index.
+-- Every member object of the extension, its schema, and the columns,
+-- indexes, constraints, triggers, rules and policies of its relations,
+-- with what a description leaves out: a function's whole definition (body,
+-- settings, volatility, security); a column's number (so its place), type,
+-- default, identity, collation, storage and privileges; a constraint's or
+-- trigger's definition (their names are in the description); a sequence's
+-- options and owning column; a table's options and whether pg_dump dumps
+-- its rows (pg_extension_config_dump, with the condition); an index's or
+-- view's definition; a type's labels; privileges, with the initial
+-- privileges recorded for pg_dump (pg_init_privs), and the schema's
+-- default privileges; comments.  Long definitions are reduced to their
+-- md5.  parent is the relation of a column, index, constraint, trigger,
+-- rule or policy.
+CREATE FUNCTION ar_acl(acl aclitem[], classid regclass, objid oid, subid integer DEFAULT 0)
+RETURNS text LANGUAGE sql STABLE AS $$
+	SELECT coalesce(acl::text, '-') || ' init ' || coalesce(
+		(SELECT i.privtype::text || ' ' || i.initprivs::text FROM pg_init_privs i
+		 WHERE i.classoid = classid AND i.objoid = objid AND i.objsubid = subid), '-')
+$$;
 CREATE FUNCTION ar_objects() RETURNS TABLE (object text, parent text, definition text)
 LANGUAGE sql AS $$
-	WITH members AS (
+	WITH ext AS (
+		SELECT e.oid, e.extnamespace, e.extconfig, e.extcondition
+		FROM pg_extension e WHERE e.extname = 'agentretry'),
+	members AS (
 		SELECT d.classid, d.objid
 		FROM pg_depend d
 		WHERE d.refclassid = 'pg_extension'::regclass
-			AND d.refobjid = (SELECT e.oid FROM pg_extension e WHERE e.extname = 'agentretry')
-			AND d.deptype = 'e'),
+			AND d.refobjid = (SELECT ext.oid FROM ext)
+			AND d.deptype = 'e'
+		UNION ALL
+		-- and its schema, which CREATE EXTENSION creates but not as a member
+		SELECT 'pg_namespace'::regclass, ext.extnamespace FROM ext),
 	relations AS (
 		SELECT m.objid AS oid FROM members m WHERE m.classid = 'pg_class'::regclass
 		UNION ALL
@@ -34,24 +54,44 @@ LANGUAGE sql AS $$
 	SELECT pg_describe_object(m.classid, m.objid, 0), NULL,
 		CASE m.classid
 		WHEN 'pg_proc'::regclass THEN
-			(SELECT md5(pg_get_functiondef(p.oid)) || ' ' || coalesce(p.proacl::text, '-')
+			(SELECT md5(pg_get_functiondef(p.oid)) || ' ' || ar_acl(p.proacl, 'pg_proc', p.oid)
 				|| ' ' || coalesce(md5(obj_description(p.oid, 'pg_proc')), '-')
 			 FROM pg_proc p WHERE p.oid = m.objid)
 		WHEN 'pg_class'::regclass THEN
-			(SELECT c.relkind::text || ' ' || coalesce(c.relacl::text, '-')
+			(SELECT c.relkind::text || c.relpersistence::text || c.relreplident::text
+				|| CASE WHEN c.relrowsecurity THEN ' rls' ELSE '' END
+				|| CASE WHEN c.relforcerowsecurity THEN ' force_rls' ELSE '' END
+				|| coalesce(' with ' || c.reloptions::text, '')
+				|| ' ' || ar_acl(c.relacl, 'pg_class', c.oid)
 				|| ' ' || coalesce(md5(obj_description(c.oid, 'pg_class')), '-')
 				|| ' ' || coalesce(md5(pg_get_viewdef(c.oid)), '-')
-				|| ' ' || coalesce(md5((SELECT string_agg(k.conname || ' ' || pg_get_constraintdef(k.oid), ', '
-											ORDER BY k.conname)
-										FROM pg_constraint k WHERE k.conrelid = c.oid)), '-')
+				|| coalesce((SELECT ' dump ' || quote_literal(ext.extcondition[i])
+							 FROM ext, generate_subscripts(ext.extconfig, 1) i
+							 WHERE ext.extconfig[i] = c.oid), '')
+				|| coalesce((SELECT format(' %s start %s increment %s min %s max %s cache %s%s',
+										   format_type(q.seqtypid, NULL), q.seqstart, q.seqincrement,
+										   q.seqmin, q.seqmax, q.seqcache,
+										   CASE WHEN q.seqcycle THEN ' cycle' ELSE '' END)
+							 FROM pg_sequence q WHERE q.seqrelid = c.oid), '')
+				|| coalesce((SELECT ' owned by ' || pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid)
+								|| ' ' || d.deptype::text
+							 FROM pg_depend d
+							 WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+								AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')), '')
 			 FROM pg_class c WHERE c.oid = m.objid)
 		WHEN 'pg_type'::regclass THEN
-			(SELECT coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
+			(SELECT t.typtype::text || ' ' || coalesce((SELECT string_agg(e.enumlabel, ',' ORDER BY e.enumsortorder)
 							  FROM pg_enum e WHERE e.enumtypid = t.oid), '-')
+				|| ' ' || ar_acl(t.typacl, 'pg_type', t.oid)
 				|| ' ' || coalesce(md5(obj_description(t.oid, 'pg_type')), '-')
 			 FROM pg_type t WHERE t.oid = m.objid)
 		WHEN 'pg_namespace'::regclass THEN
-			(SELECT coalesce(n.nspacl::text, '-') FROM pg_namespace n WHERE n.oid = m.objid)
+			(SELECT ar_acl(n.nspacl, 'pg_namespace', n.oid)
+				|| ' ' || coalesce(md5(obj_description(n.oid, 'pg_namespace')), '-')
+				|| coalesce(' defaults ' || (SELECT string_agg(a.defaclobjtype::text || ' '
+											|| pg_get_userbyid(a.defaclrole) || ' ' || a.defaclacl::text, ', ' ORDER BY 1)
+										 FROM pg_default_acl a WHERE a.defaclnamespace = n.oid), '')
+			 FROM pg_namespace n WHERE n.oid = m.objid)
 		ELSE '?'
 		END
 	FROM members m
@@ -62,16 +102,49 @@ LANGUAGE sql AS $$
 			|| CASE WHEN a.attnotnull THEN ' not null' ELSE '' END
 			|| coalesce(' default ' || pg_get_expr(ad.adbin, ad.adrelid), '')
 			|| coalesce(' identity ' || nullif(a.attidentity::text, ''), '')
+			|| coalesce(' generated ' || nullif(a.attgenerated::text, ''), '')
+			|| CASE WHEN a.attcollation <> t.typcollation THEN ' collate ' || a.attcollation::regcollation::text ELSE '' END
+			|| CASE WHEN a.attstorage <> t.typstorage THEN ' storage ' || a.attstorage::text ELSE '' END
+			|| coalesce(' compression ' || nullif(a.attcompression::text, ''), '')
+			|| CASE WHEN a.attstattarget <> -1 THEN ' statistics ' || a.attstattarget ELSE '' END
+			|| ' ' || ar_acl(a.attacl, 'pg_class', a.attrelid, a.attnum)
 			|| coalesce(' ' || md5(col_description(a.attrelid, a.attnum)), '')
 	FROM relations r
 	JOIN pg_attribute a ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped
+	JOIN pg_type t ON t.oid = a.atttypid
 	LEFT JOIN pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.attnum
 	UNION ALL
 	SELECT pg_describe_object('pg_class'::regclass, i.indexrelid, 0),
 		pg_describe_object('pg_class'::regclass, i.indrelid, 0),
 		md5(pg_get_indexdef(i.indexrelid))
+			|| CASE WHEN i.indisclustered THEN ' clustered' ELSE '' END
 			|| ' ' || coalesce(md5(obj_description(i.indexrelid, 'pg_class')), '-')
 	FROM relations r JOIN pg_index i ON i.indrelid = r.oid
+	UNION ALL
+	SELECT pg_describe_object('pg_constraint'::regclass, k.oid, 0),
+		pg_describe_object('pg_class'::regclass, k.conrelid, 0),
+		md5(pg_get_constraintdef(k.oid))
+			|| ' ' || coalesce(md5(obj_description(k.oid, 'pg_constraint')), '-')
+	FROM relations r JOIN pg_constraint k ON k.conrelid = r.oid
+	UNION ALL
+	-- not the internal triggers of foreign keys, named after their oid
+	SELECT pg_describe_object('pg_trigger'::regclass, g.oid, 0),
+		pg_describe_object('pg_class'::regclass, g.tgrelid, 0),
+		md5(pg_get_triggerdef(g.oid)) || ' ' || g.tgenabled::text
+			|| ' ' || coalesce(md5(obj_description(g.oid, 'pg_trigger')), '-')
+	FROM relations r JOIN pg_trigger g ON g.tgrelid = r.oid AND NOT g.tgisinternal
+	UNION ALL
+	-- a view's own rule is its definition, above
+	SELECT pg_describe_object('pg_rewrite'::regclass, w.oid, 0),
+		pg_describe_object('pg_class'::regclass, w.ev_class, 0),
+		md5(pg_get_ruledef(w.oid)) || ' ' || w.ev_enabled::text
+	FROM relations r JOIN pg_rewrite w ON w.ev_class = r.oid AND w.rulename <> '_RETURN'
+	UNION ALL
+	SELECT pg_describe_object('pg_policy'::regclass, o.oid, 0),
+		pg_describe_object('pg_class'::regclass, o.polrelid, 0),
+		md5(format('%s %s %s %s %s', o.polcmd, o.polpermissive, o.polroles::regrole[],
+				   pg_get_expr(o.polqual, o.polrelid), pg_get_expr(o.polwithcheck, o.polrelid)))
+	FROM relations r JOIN pg_policy o ON o.polrelid = r.oid
 $$;
 
 --
@@ -83,8 +156,14 @@ CREATE DATABASE ar_fresh TEMPLATE ar_upgrade;
 CREATE EXTENSION agentretry;
 SELECT extversion, array(SELECT c::regclass::text FROM unnest(extconfig) c ORDER BY 1) AS config_tables
 FROM pg_extension WHERE extname = 'agentretry';
-SELECT count(*) AS objects FROM ar_objects();
-SELECT string_agg(object || ': ' || definition, E'\n' ORDER BY object) AS fresh_objects
+-- CREATE EXTENSION runs the script of the version itself when there is
+-- one, and 0.1.0 and the updates only when there is none: this test
+-- compares the complete script with the updates while it is installed
+SELECT (pg_stat_file(s.setting || '/extension/agentretry--' || e.extversion || '.sql', true)).size > 0
+	AS complete_script
+FROM pg_config s, pg_extension e WHERE s.name = 'SHAREDIR' AND e.extname = 'agentretry';
+SELECT count(*) AS objects, count(DISTINCT object) AS names FROM ar_objects();
+SELECT string_agg(object || E'\t' || definition, E'\n' ORDER BY object) AS fresh_objects
 FROM ar_objects() \gset
 
 --
@@ -146,16 +225,59 @@ SELECT object FROM v010_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 
 -- what the updates changed
 SELECT v.object FROM v010_objects v JOIN ar_objects() a USING (object)
 WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
--- the same objects, defined the same way, as in the fresh install (today
--- a fresh install runs the same two scripts; this keeps any later install
--- script for 0.2.0 equal to the upgrade path)
-SELECT count(*) AS objects,
-	string_agg(object || ': ' || definition, E'\n' ORDER BY object) = :'fresh_objects' AS same_as_fresh
+-- the same objects, defined the same way, as the fresh install by the
+-- complete script: not one object differs
+CREATE TABLE fresh_objects AS
+SELECT split_part(o, E'\t', 1) AS object, split_part(o, E'\t', 2) AS definition
+FROM unnest(string_to_array(:'fresh_objects', E'\n')) o;
+CREATE VIEW install_vs_upgrade AS
+SELECT object, f.definition AS installed, u.definition AS upgraded
+FROM fresh_objects f FULL JOIN ar_objects() u USING (object)
+WHERE f.definition IS DISTINCT FROM u.definition;
+SELECT count(*) AS objects, count(DISTINCT object) AS names,
+	(SELECT count(*) FROM fresh_objects) AS installed,
+	(SELECT count(*) FROM install_vs_upgrade) AS differing
 FROM ar_objects();
-SELECT o AS only_in_fresh FROM unnest(string_to_array(:'fresh_objects', E'\n')) o
-EXCEPT SELECT object || ': ' || definition FROM ar_objects() ORDER BY 1;
-SELECT object || ': ' || definition AS only_in_upgraded FROM ar_objects()
-EXCEPT SELECT unnest(string_to_array(:'fresh_objects', E'\n')) ORDER BY 1;
+SELECT * FROM install_vs_upgrade ORDER BY 1;
+
+-- The comparison sees each kind of difference a complete script could
+-- have from the updates: here made by hand on the upgraded objects, in a
+-- transaction that is rolled back.  A column in another place (dropped
+-- and added again, it comes last), a default, a constraint's name, a
+-- disabled trigger, a sequence option, an enum label, one byte of a
+-- function's body, a comment, an explicit ACL that grants nothing more
+-- (a REVOKE of nothing), a column privilege, the schema's default
+-- privileges, a table that pg_extension_config_dump did not mark.
+BEGIN;
+ALTER TABLE agentretry.budget_ledger DROP COLUMN retry_at;
+ALTER TABLE agentretry.budget_ledger ADD COLUMN retry_at timestamptz;
+ALTER TABLE agentretry.budgets ALTER COLUMN stripes SET DEFAULT 8;
+ALTER TABLE agentretry.budgets RENAME CONSTRAINT budgets_check TO budgets_capacity_or_ratio;
+ALTER TABLE agentretry.tenant_policies DISABLE TRIGGER invalidate_cache;
+ALTER TABLE agentretry.token_floors ALTER COLUMN id SET INCREMENT BY 2;
+ALTER TYPE agentretry.budget_scope ADD VALUE 'run';
+DO $$
+BEGIN
+	EXECUTE replace(pg_get_functiondef('agentretry.drop_budget(text, agentretry.budget_scope, text)'::regprocedure),
+					'RETURN FOUND;', 'RETURN FOUND; ');
+END
+$$;
+COMMENT ON INDEX agentretry.events_at IS 'events by time';
+REVOKE ALL ON SEQUENCE agentretry.budget_ledger_id_seq FROM PUBLIC;
+GRANT SELECT (key) ON agentretry.operations TO agentretry_agent;
+ALTER DEFAULT PRIVILEGES IN SCHEMA agentretry GRANT SELECT ON TABLES TO agentretry_operator;
+UPDATE pg_extension SET
+	extconfig = array(SELECT c FROM unnest(extconfig, extcondition) u (c, w)
+					  WHERE c <> 'agentretry.run_retries'::regclass),
+	extcondition = array(SELECT w FROM unnest(extconfig, extcondition) u (c, w)
+						 WHERE c <> 'agentretry.run_retries'::regclass)
+WHERE extname = 'agentretry';
+SELECT object,
+	CASE WHEN installed IS NULL THEN 'only upgraded' WHEN upgraded IS NULL THEN 'only installed'
+		 ELSE 'differs' END AS difference
+FROM install_vs_upgrade ORDER BY 1;
+ROLLBACK;
+SELECT count(*) AS differing FROM install_vs_upgrade;
 
 --
 -- the 0.1.0 rows after the update: unchanged, and served by the new version
