@@ -3,6 +3,7 @@ EXTENSION = agentretry
 MODULE_big = agentretry
 OBJS = \
 	src/agentretry.o \
+	src/approval.o \
 	src/backoff.o \
 	src/cache.o \
 	src/budget.o \
@@ -15,6 +16,9 @@ OBJS = \
 	src/operation.o \
 	src/outcome.o \
 	src/policy.o \
+	src/run.o \
+	src/runs.o \
+	src/saga.o \
 	src/schedule.o \
 	src/sha256.o \
 	src/spi.o \

@@ -94,7 +94,7 @@ _PG_init(void)
 							NULL, NULL, NULL);
 
 	DefineCustomIntVariable("agentretry.run_max_retries",
-							gettext_noop("Most retry events allowed per run_id."),
+							gettext_noop("Most retry events allowed per run, unless start_run() sets max_retry_events."),
 							gettext_noop("A retry beyond it is denied and dead-lettered (budget_exhausted)."),
 							&ar_run_max_retries,
 							5, 0, INT_MAX,

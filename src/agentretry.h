@@ -29,6 +29,7 @@
 #define ERRCODE_AR_LEASE_LOST			MAKE_SQLSTATE('A','R','0','0','2')
 #define ERRCODE_AR_UNKNOWN_KEY			MAKE_SQLSTATE('A','R','0','0','3')
 #define ERRCODE_AR_INVALID_STATE		MAKE_SQLSTATE('A','R','0','0','4')
+#define ERRCODE_AR_CONTEXT_CONFLICT		MAKE_SQLSTATE('A','R','0','0','5')
 
 #define AR_SHA256_LEN		32
 #define AR_MAX_KEY_LEN		512
@@ -60,7 +61,8 @@ typedef enum OpState
 	OP_VERIFY,
 	OP_SUCCEEDED,
 	OP_DEAD,
-	OP_CANCELLED
+	OP_CANCELLED,
+	OP_AWAITING_APPROVAL
 } OpState;
 
 typedef enum Outcome
@@ -72,8 +74,19 @@ typedef enum Outcome
 	OUT_VERIFY,
 	OUT_DEAD,
 	OUT_CANCELLED,
-	OUT_DENIED
+	OUT_DENIED,
+	OUT_APPROVAL
 } Outcome;
+
+typedef enum RunState
+{
+	RUN_RUNNING,
+	RUN_SUCCEEDED,
+	RUN_FAILED,
+	RUN_COMPENSATING,
+	RUN_COMPENSATED,
+	RUN_NEEDS_REVIEW
+} RunState;
 
 typedef enum FailureClass
 {
@@ -122,6 +135,7 @@ typedef enum DecisionAction
 
 /* types.c: label tables and conversions */
 extern const char *const op_state_labels[];
+extern const char *const run_state_labels[];
 extern const char *const outcome_labels[];
 extern const char *const failure_class_labels[];
 extern const char *const failure_phase_labels[];

@@ -5,7 +5,8 @@
  *	  debited inside the retry decision and recorded in budget_ledger.
  *
  * A retry must be allowed by every budget that applies to its operation:
- * the run's limit (agentretry.run_max_retries retry events per run_id),
+ * the run's limit (its max_retry_events, by default
+ * agentretry.run_max_retries, retry events per run),
  * and the budgets defined for the operation's tenant, its owner (scope
  * user) and its tool.  Checking is done in two phases so that a denial
  * leaves no debit without needing a subtransaction: first every budget
@@ -489,28 +490,31 @@ ledger_flush(LedgerRows *rows)
 	rows->n = 0;
 }
 
+/*
+ * A run's limit is its max_retry_events, else the GUC ($4).  The run
+ * exists (claims start it); should it not, the retry starts it.
+ */
 static ArPlan run_debit_plan = {
-	"INSERT INTO agentretry.run_retries AS r (tenant, run_id, retries, updated_at)"
-	" VALUES ($1, $2, 1, $3)"
+	"INSERT INTO agentretry.runs AS r"
+	" (tenant, run_id, state, retry_events, started_at, updated_at)"
+	" SELECT $1, $2, 'running', 1, $3, $3 WHERE $4 > 0"
 	" ON CONFLICT (tenant, run_id) DO UPDATE"
-	" SET retries = r.retries + 1, updated_at = $3"
-	" WHERE r.retries < $4"
-	" RETURNING r.retries",
+	" SET retry_events = r.retry_events + 1, updated_at = $3"
+	" WHERE r.retry_events < coalesce(r.max_retry_events, $4)"
+	" RETURNING r.retry_events",
 	4, {TEXTOID, TEXTOID, TIMESTAMPTZOID, INT4OID}
 };
 
 /*
  * The run's limit: count one more retry event of the run if it fits, in
- * one statement (the counter row stays locked).  Returns false when the
- * run has used them all.
+ * one statement (the run's row stays locked FOR NO KEY UPDATE).  Returns
+ * false when the run has used them all.
  */
 static bool
 run_debit(const Operation *op, TimestampTz now)
 {
 	Datum		values[4];
 
-	if (ar_run_max_retries <= 0)
-		return false;
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->run_id);
 	values[2] = TimestampTzGetDatum(now);
@@ -519,7 +523,7 @@ run_debit(const Operation *op, TimestampTz now)
 }
 
 static ArPlan run_refund_plan = {
-	"UPDATE agentretry.run_retries SET retries = retries - 1"
+	"UPDATE agentretry.runs SET retry_events = retry_events - 1"
 	" WHERE tenant = $1 AND run_id = $2",
 	2, {TEXTOID, TEXTOID}
 };

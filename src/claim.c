@@ -10,6 +10,12 @@
  * verification to hand out) re-reads the row FOR UPDATE and decides again
  * under the lock, since another claimant may have acted in between.
  *
+ * A new key that names a run joins it (starting it if unknown) and holds
+ * the run's row FOR KEY SHARE until the claim commits (runs.c): a run
+ * that is no longer running accepts no new step.  A new key whose policy
+ * requires approval is recorded as awaiting_approval and answers
+ * approval.
+ *
  * Pattern A (claim, effect and complete in one transaction): a concurrent
  * claimant of the same key blocks in the INSERT on the uncommitted row,
  * and after the commit reads it as succeeded: replay.  If the first
@@ -29,6 +35,7 @@
 
 #include "budget.h"
 #include "events.h"
+#include "runs.h"
 #include "transition.h"
 
 /* Retries of the read/insert loop when the row keeps vanishing. */
@@ -97,8 +104,11 @@ PG_FUNCTION_INFO_V1(agentretry_claim);
  * Outcomes: execute (you hold the lease: act), replay (already succeeded:
  * result is the receipt), busy (someone else's live lease), wait (a retry
  * is scheduled at retry_at), verify (you hold a verification lease: check
- * the target system, then resolve), dead / cancelled (terminal).  Raises
- * AR001 when the key was used with other args or another tool.
+ * the target system, then resolve), dead / cancelled (terminal), denied
+ * (a retry budget forbids an attempt until retry_at), approval (a person
+ * must approve() first).  Raises AR001 when the key was used with other
+ * args or another tool, AR004 when a new key names a run that is not
+ * running.
  *
  * Waits only on a row lock of the same key (an uncommitted claim of it, or
  * a concurrent transition).
@@ -115,6 +125,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	ArSpi		spi;
 	Datum		result;
 	int			tries;
+	bool		joined = false;
 
 	memset(&op, 0, sizeof(op));
 	req.tool = arg_tool(fcinfo, 2);
@@ -150,6 +161,20 @@ agentretry_claim(PG_FUNCTION_ARGS)
 			break;
 		}
 
+		if (req.run_id != NULL && !joined)
+		{
+			Run			run;
+
+			run.state = run_join(tenant, req.run_id, req.now);
+			if (run.state != RUN_RUNNING)
+			{
+				run.run_id = (char *) req.run_id;
+				report_run_state("start a step in", &run,
+								 "A run accepts new steps only while it is running; use a new run_id.");
+			}
+			joined = true;
+		}
+
 		/* a row read in an earlier round may have filled op: reset it */
 		op.tenant = tenant;
 		op.key = key;
@@ -160,6 +185,12 @@ agentretry_claim(PG_FUNCTION_ARGS)
 		op.lease_owner = (char *) req.owner;
 		if (operation_insert(&op, args, req.lease, req.now))
 		{
+			if (op.state == OP_AWAITING_APPROVAL)
+			{
+				record_simple_event("approval_requested", &op, op.reason, req.now);
+				answer_init(&answer, OUT_APPROVAL, &op);
+				break;
+			}
 			budget_count_first_attempt(&op, req.owner, req.now);
 			if (ar_trace_all)
 				record_simple_event("claim", &op, NULL, req.now);

@@ -16,25 +16,29 @@
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "events.h"
 
-#define EVENT_NARGS 16
+#define EVENT_NARGS 17
 
+/* the run's workflow version and correlation id go on every event of it */
 static ArPlan insert_event_plan = {
 	"INSERT INTO agentretry.events"
 	" (tenant, at, kind, key, tool, run_id, step, attempt,"
 	"  failure_class, failure_phase, code, message, reason,"
-	"  delay, lease_token, owner)"
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8,"
+	"  delay, lease_token, owner, actor, workflow_version, correlation_id)"
+	" SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
 	"  $9::agentretry.failure_class, $10::agentretry.failure_phase,"
-	"  $11, $12, $13, $14, $15, $16)",
+	"  $11, $12, $13, $14, $15, $16, $17, r.workflow_version, r.correlation_id"
+	" FROM (SELECT) one LEFT JOIN agentretry.runs r"
+	"  ON r.tenant = $1 AND r.run_id = $6",
 	EVENT_NARGS,
 	{TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
-	INT8OID, TEXTOID}
+	INT8OID, TEXTOID, TEXTOID}
 };
 
 /* Append one event; the caller must be SPI-connected. */
@@ -62,6 +66,7 @@ record_event(const EventData *ev)
 	param_usec(values, nulls, 13, ev->delay);
 	values[14] = Int64GetDatum(op->lease_token);
 	param_text(values, nulls, 15, op->lease_owner);
+	param_text(values, nulls, 16, ev->actor);
 
 	ar_run(&insert_event_plan, values, nulls, false);
 }
@@ -81,6 +86,37 @@ record_simple_event(const char *kind, const Operation *op,
 	ev.message = NULL;
 	ev.reason = reason;
 	ev.delay = USEC_NONE;
+	ev.actor = NULL;
+	ev.at = at;
+	record_event(&ev);
+}
+
+/* The role acting: the caller of the SECURITY DEFINER function. */
+char *
+current_actor(void)
+{
+	return GetUserNameFromId(GetOuterUserId(), false);
+}
+
+/*
+ * An event of a person's action (an operator, an approver): actor names
+ * the role, message carries the note or reason given.
+ */
+void
+record_actor_event(const char *kind, const Operation *op, const char *reason,
+				   const char *message, TimestampTz at)
+{
+	EventData	ev;
+
+	ev.kind = kind;
+	ev.op = op;
+	ev.failure_class = -1;
+	ev.failure_phase = -1;
+	ev.code = NULL;
+	ev.message = message;
+	ev.reason = reason;
+	ev.delay = USEC_NONE;
+	ev.actor = current_actor();
 	ev.at = at;
 	record_event(&ev);
 }

@@ -22,11 +22,16 @@ typedef struct EventData
 	const char *message;
 	const char *reason;
 	int64		delay;			/* USEC_NONE: none */
+	const char *actor;			/* the role of an operator action, or NULL */
 	TimestampTz at;
 } EventData;
 
 extern void record_event(const EventData *ev);
 extern void record_simple_event(const char *kind, const Operation *op,
 								const char *reason, TimestampTz at);
+extern void record_actor_event(const char *kind, const Operation *op,
+							   const char *reason, const char *message,
+							   TimestampTz at);
+extern char *current_actor(void);
 
 #endif							/* AGENTRETRY_EVENTS_H */

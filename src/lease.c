@@ -67,7 +67,7 @@ agentretry_heartbeat(PG_FUNCTION_ARGS)
 	ar_spi_begin(&spi);
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = ts_add_usec(now, extend != USEC_NONE ? extend : op.policy.lease);
-	operation_store(&op, now);
+	transition_store(&op, now);
 	ar_spi_end(&spi);
 	PG_RETURN_TIMESTAMPTZ(op.lease_expires_at);
 }
@@ -101,7 +101,7 @@ agentretry_release(PG_FUNCTION_ARGS)
 		op.next_attempt_at = now;
 		op.reason = "released";
 	}
-	operation_store(&op, now);
+	transition_store(&op, now);
 	if (ar_trace_all)
 		record_simple_event("release", &op, "released", now);
 	ar_spi_end(&spi);

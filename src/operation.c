@@ -66,7 +66,12 @@
 #define TOOL_FIELD(field, tool) \
 	"(SELECT t." field " FROM agentretry.tools t WHERE t.name = " tool ")"
 
-/* the fencing check is the WHERE clause */
+/*
+ * The fencing check is the WHERE clause.  An operation of a run being
+ * compensated is refused here unless $10 (late) says the caller holds its
+ * row lock and handles the saga (see outcome.c), so that the common case
+ * needs no RETURNING and no read of the run.
+ */
 #define COMPLETE_SQL(ttl) \
 	"UPDATE agentretry.operations o SET" \
 	" state = 'succeeded', result = $4, compensate_tool = $5," \
@@ -75,29 +80,45 @@
 	" state_since = $8," \
 	" expires_at = $8 + coalesce(" ttl ", $9)" \
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
-	" AND o.state IN ('in_progress', 'retry_wait', 'verify')"
+	" AND o.state IN ('in_progress', 'retry_wait', 'verify')" \
+	" AND (NOT o.compensating OR $10)"
 
-#define INSERT_SQL(lease, deadline) \
+/*
+ * A new key: leased as attempt 1, or, when its policy requires approval
+ * (gate), recorded as awaiting_approval with no lease, no attempt and no
+ * deadline yet (those start with the first attempt).
+ */
+#define INSERT_SQL(lease, deadline, gate) \
 	"INSERT INTO agentretry.operations AS o" \
 	" (tenant, key, op_hash, args, tool, state, attempts, lease_token," \
 	"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at," \
-	"  deadline, run_id, step, created_at, updated_at, state_since)" \
-	" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1," \
+	"  deadline, reason, run_id, step, created_at, updated_at, state_since)" \
+	" SELECT $1, $2, $3, $4, $5," \
+	"  CASE WHEN g.gate THEN 'awaiting_approval' ELSE 'in_progress' END" \
+	"   ::agentretry.operation_state," \
+	"  CASE WHEN g.gate THEN 0 ELSE 1 END," \
 	"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6," \
-	"  $7 + coalesce($8, " lease ", $9)," \
-	"  $7, $7, $7 + " deadline "," \
-	"  $10, $11, $7, $7, $7)" \
+	"  CASE WHEN NOT g.gate THEN $7 + coalesce($8, " lease ", $9) END," \
+	"  CASE WHEN NOT g.gate THEN $7 END, CASE WHEN NOT g.gate THEN $7 END," \
+	"  CASE WHEN NOT g.gate THEN $7 + " deadline " END," \
+	"  CASE WHEN g.gate THEN 'approval_required' END," \
+	"  $10, $11, $7, $7, $7" \
+	" FROM (SELECT " gate " AS gate) g" \
 	" ON CONFLICT (tenant, key) DO NOTHING" \
-	" RETURNING o.lease_expires_at, o.deadline, o.lease_token"
+	" RETURNING o.lease_expires_at, o.deadline, o.lease_token, o.attempts"
+
+/* the tier default of requires_approval: only destructive tools */
+#define TIER_APPROVAL(tool) \
+	"(SELECT t.side_effect = 'destructive' FROM agentretry.tools t WHERE t.name = " tool ")"
 #define INSERT_NARGS 11
 #define INSERT_ARGTYPES \
 	{TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID, \
 	TIMESTAMPTZOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID}
 
-#define COMPLETE_NARGS 9
+#define COMPLETE_NARGS 10
 #define COMPLETE_ARGTYPES \
 	{TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, \
-	TIMESTAMPTZOID, INTERVALOID}
+	TIMESTAMPTZOID, INTERVALOID, BOOLOID}
 #define COMPLETE_RETURNING \
 	" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step"
 
@@ -111,11 +132,15 @@ static ArPlan load_lock_plan = {
 /* a new key, with the tenant's policies, and while no tenant has any */
 static ArPlan insert_plan = {
 	INSERT_SQL(TENANT_FIELD("lease", "$1", "$5"),
-			   "coalesce(" TENANT_FIELD("deadline", "$1", "$5") ")"),
+			   "coalesce(" TENANT_FIELD("deadline", "$1", "$5") ")",
+			   "coalesce(" TENANT_FIELD("requires_approval", "$1", "$5") ", "
+			   TIER_APPROVAL("$5") ", false)"),
 	INSERT_NARGS, INSERT_ARGTYPES
 };
 static ArPlan insert_tool_plan = {
-	INSERT_SQL(TOOL_FIELD("lease", "$5"), TOOL_FIELD("deadline", "$5")),
+	INSERT_SQL(TOOL_FIELD("lease", "$5"), TOOL_FIELD("deadline", "$5"),
+			   "coalesce((SELECT coalesce(t.requires_approval, t.side_effect = 'destructive')"
+			   " FROM agentretry.tools t WHERE t.name = $5), false)"),
 	INSERT_NARGS, INSERT_ARGTYPES
 };
 
@@ -213,7 +238,8 @@ static const char *const peek_columns[] = {
 	"lease_expires_at", "next_attempt_at", "first_attempt_at",
 	"last_attempt_at", "deadline", "last_failure_class",
 	"last_failure_phase", "last_failure_code", "last_failure_message",
-	"last_delay", "reason", "result", "run_id", "step"
+	"last_delay", "reason", "result", "run_id", "step", "compensation_of",
+	"compensating"
 };
 #define PEEK_NCOLUMNS lengthof(peek_columns)
 StaticAssertDecl(PEEK_NCOLUMNS == AR_OP_NCOLUMNS,
@@ -304,6 +330,8 @@ fill_operation(Operation *op, Datum *v, bool *n)
 	op->has_result = !n[17];
 	op->run_id = n[18] ? NULL : TextDatumGetCString(v[18]);
 	op->step = n[19] ? NULL : TextDatumGetCString(v[19]);
+	op->compensation_of = n[20] ? NULL : TextDatumGetCString(v[20]);
+	op->compensating = !n[21] && DatumGetBool(v[21]);
 }
 
 /*
@@ -412,21 +440,23 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
-	op->state = OP_IN_PROGRESS;
-	op->attempts = 1;
+	op->attempts = DatumGetInt32(SPI_getbinval(tup, desc, 4, &isnull));
+	op->state = op->attempts > 0 ? OP_IN_PROGRESS : OP_AWAITING_APPROVAL;
 	op->lease_token = DatumGetInt64(SPI_getbinval(tup, desc, 3, &isnull));
 	op->lease_expires_at = col_ts(tup, desc, 1);
 	op->deadline = col_ts(tup, desc, 2);
 	op->next_attempt_at = TS_NONE;
-	op->first_attempt_at = now;
-	op->last_attempt_at = now;
+	op->first_attempt_at = op->attempts > 0 ? now : TS_NONE;
+	op->last_attempt_at = op->first_attempt_at;
 	op->failure_class = -1;
 	op->failure_phase = -1;
 	op->failure_code = NULL;
 	op->failure_message = NULL;
 	op->last_delay = USEC_NONE;
-	op->reason = NULL;
+	op->reason = op->attempts > 0 ? NULL : "approval_required";
 	op->has_result = false;
+	op->compensation_of = NULL;
+	op->compensating = false;
 	return true;
 }
 
@@ -475,16 +505,18 @@ operation_store(const Operation *op, TimestampTz now)
  * the newest and the operation not terminal.  One statement: the WHERE
  * clause is the fencing check.  With for_event, op's tool, attempts,
  * owner, run_id and step are filled for tracing (a RETURNING the common
- * case does without).  Returns false when the check failed or the key does
- * not exist.
+ * case does without).  An operation of a run being compensated is only
+ * completed late, by a caller holding its row lock.  Returns false when
+ * the check failed or the key does not exist.
  */
 bool
 operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 				   const char *reason, const char *compensate_tool,
-				   Jsonb *compensate_args, bool for_event, TimestampTz now)
+				   Jsonb *compensate_args, bool for_event, bool late,
+				   TimestampTz now)
 {
-	Datum		values[9];
-	char		nulls[9];
+	Datum		values[COMPLETE_NARGS];
+	char		nulls[COMPLETE_NARGS];
 	HeapTuple	tup;
 	TupleDesc	desc;
 	bool		isnull;
@@ -500,6 +532,7 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	param_text(values, nulls, 6, reason);
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
+	values[9] = BoolGetDatum(late);
 
 	if (tenant_policies_exist())
 		plan = for_event ? &complete_returning_plan : &complete_plan;

@@ -37,6 +37,8 @@ typedef struct Operation
 	bool		has_result;
 	char	   *run_id;
 	char	   *step;
+	char	   *compensation_of;	/* the step a compensation undoes */
+	bool		compensating;	/* its run is being compensated */
 	Policy		policy;			/* filled by the locking reads */
 } Operation;
 
@@ -47,8 +49,8 @@ typedef struct Operation
 	"o.first_attempt_at, o.last_attempt_at, o.deadline, " \
 	"o.last_failure_class, o.last_failure_phase, " \
 	"o.last_failure_code, o.last_failure_message, o.last_delay, o.reason, " \
-	"o.result, o.run_id, o.step"
-#define AR_OP_NCOLUMNS 20
+	"o.result, o.run_id, o.step, o.compensation_of, o.compensating"
+#define AR_OP_NCOLUMNS 22
 
 /*
  * The select list that operation_from_row() reads: tenant, key, the
@@ -68,7 +70,7 @@ extern bool operation_complete(Operation *op, int64 lease_token,
 							   Jsonb *result, const char *reason,
 							   const char *compensate_tool,
 							   Jsonb *compensate_args, bool for_event,
-							   TimestampTz now);
+							   bool late, TimestampTz now);
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 

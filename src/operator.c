@@ -116,7 +116,7 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 		op.attempts = 0;
 		op.last_delay = USEC_NONE;
 	}
-	operation_store(&op, now);
+	transition_store(&op, now);
 	trace_operator("requeue", &op, reset ? "requeued_reset" : "requeued", now);
 	result = state_datum(fcinfo, op.state);
 	ar_spi_end(&spi);
@@ -154,7 +154,7 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 							  "Its effect happened; compensate it instead if it must be undone." :
 							  "Nothing is left to cancel.");
 	operation_set_terminal(&op, OP_CANCELLED, reason);
-	operation_store(&op, now);
+	transition_store(&op, now);
 	trace_operator("cancel", &op, reason, now);
 	result = state_datum(fcinfo, op.state);
 	ar_spi_end(&spi);

@@ -6,7 +6,8 @@
  *
  * complete() is one UPDATE whose WHERE clause is the fencing check, so
  * the success path costs one statement; only a refused call reads the row
- * again to say why.  fail() and resolve() lock the row FOR UPDATE, decide
+ * again, to say why, or to complete a step of a run being compensated
+ * (whose success must schedule its compensation) under the row lock.  fail() and resolve() lock the row FOR UPDATE, decide
  * (decide.c) with the tool's policy and store the decision.
  *
  * src/outcome.c
@@ -22,17 +23,40 @@
 #include "utils/timestamp.h"
 
 #include "events.h"
+#include "saga.h"
 #include "transition.h"
 
-/* Says why a complete() was refused; does not return. */
+/*
+ * The fast UPDATE of complete() changed nothing.  Either the fencing check
+ * failed (say why), or the operation belongs to a run being compensated:
+ * complete it under its row lock and move the saga on.
+ */
 static void
-report_refused_complete(const char *tenant, const char *key, int64 lease_token)
+complete_refused(Operation *done, int64 lease_token, Jsonb *result,
+				 const char *compensate_tool, Jsonb *compensate_args,
+				 TimestampTz now)
 {
 	Operation	op;
+	const char *tenant = done->tenant;
+	const char *key = done->key;
 
 	if (!operation_peek(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	check_fencing(&op, lease_token);
+	if (op.compensating)
+	{
+		if (!operation_load(tenant, key, &op))
+			report_unknown_key(tenant, key);
+		check_fencing(&op, lease_token);
+		now = GetCurrentTimestamp();	/* after any wait for the row lock */
+		if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
+								compensate_args, false, true, now))
+			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
+		if (ar_trace_all)
+			record_simple_event("complete", &op, NULL, now);
+		saga_succeeded(&op, now);
+		return;
+	}
 	/* the row changed between the UPDATE and this read */
 	ereport(ERROR,
 			(errcode(ERRCODE_AR_LEASE_LOST),
@@ -73,9 +97,10 @@ agentretry_complete(PG_FUNCTION_ARGS)
 
 	ar_spi_begin(&spi);
 	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
-							compensate_args, ar_trace_all, now))
-		report_refused_complete(op.tenant, op.key, lease_token);
-	if (ar_trace_all)
+							compensate_args, ar_trace_all, false, now))
+		complete_refused(&op, lease_token, result, compensate_tool,
+						 compensate_args, now);
+	else if (ar_trace_all)
 		record_simple_event("complete", &op, NULL, now);
 	ar_spi_end(&spi);
 	PG_RETURN_VOID();
@@ -138,7 +163,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 				 errmsg("cannot fail operation \"%s\" while it awaits verification", key),
 				 errhint("Call resolve() with what the target system says, or release() to give the verification lease back.")));
 	apply_failure(&op, failure, phase, code, message, retry_after, 0, now, &d);
-	operation_store(&op, now);
+	transition_store(&op, now);
 
 	MemoryContextSwitchTo(spi.caller);
 	result = decision_datum(fcinfo, &d);
@@ -158,7 +183,7 @@ resolve_not_executed(Operation *op, TimestampTz now)
 
 	apply_failure(op, FC_TRANSIENT, PHASE_PRE, "verified_not_executed", NULL,
 				  USEC_NONE, PG_INT64_MAX, now, &d);
-	operation_store(op, now);
+	transition_store(op, now);
 }
 
 PG_FUNCTION_INFO_V1(agentretry_resolve);
@@ -206,9 +231,11 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	if (executed)
 	{
 		if (!operation_complete(&op, lease_token, result, "verified_executed",
-								NULL, NULL, true, now))
+								NULL, NULL, true, true, now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		record_simple_event("resolve", &op, "verified_executed", now);
+		if (op.compensating)
+			saga_succeeded(&op, now);
 	}
 	else
 		resolve_not_executed(&op, now);

@@ -74,6 +74,7 @@ policy_tier_defaults(Policy *p, SideEffect side_effect)
 	p->lease = (int64) ar_default_lease_sec * USECS_PER_SEC;
 	p->ttl = (int64) ar_default_ttl_sec * USECS_PER_SEC;
 	p->compensate_tool = NULL;
+	p->requires_approval = side_effect == SE_DESTRUCTIVE;
 	for (i = 0; i < PF_COUNT; i++)
 		p->source[i] = SRC_DEFAULT;
 }
@@ -92,7 +93,7 @@ take_interval(Policy *p, PolicyField f, int64 *field, HeapTuple tup,
 }
 
 /*
- * Overlay one level of AR_POLICY_LEVEL (9 columns from col) on p: every
+ * Overlay one level of AR_POLICY_LEVEL (10 columns from col) on p: every
  * field the level sets replaces what lower levels gave.
  */
 static void
@@ -129,6 +130,12 @@ apply_level(Policy *p, HeapTuple tup, TupleDesc desc, int col,
 	{
 		p->compensate_tool = text;
 		p->source[PF_COMPENSATE_TOOL] = source;
+	}
+	d = SPI_getbinval(tup, desc, col + 9, &isnull);
+	if (!isnull)
+	{
+		p->requires_approval = DatumGetBool(d);
+		p->source[PF_REQUIRES_APPROVAL] = source;
 	}
 }
 
@@ -283,6 +290,8 @@ agentretry_effective_policy(PG_FUNCTION_ARGS)
 	put_field(rsinfo, &p, PF_LEASE, "lease", usec_text(p.lease));
 	put_field(rsinfo, &p, PF_TTL, "ttl", usec_text(p.ttl));
 	put_field(rsinfo, &p, PF_COMPENSATE_TOOL, "compensate_tool", p.compensate_tool);
+	put_field(rsinfo, &p, PF_REQUIRES_APPROVAL, "requires_approval",
+			  p.requires_approval ? "true" : "false");
 	ar_spi_end(&spi);
 	return (Datum) 0;
 }

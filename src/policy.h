@@ -27,6 +27,7 @@ typedef enum PolicyField
 	PF_LEASE,
 	PF_TTL,
 	PF_COMPENSATE_TOOL,
+	PF_REQUIRES_APPROVAL,
 	PF_COUNT
 } PolicyField;
 
@@ -53,6 +54,7 @@ typedef struct Policy
 	int64		lease;
 	int64		ttl;
 	char	   *compensate_tool;	/* or NULL */
+	bool		requires_approval;
 	PolicySource source[PF_COUNT];
 } Policy;
 
@@ -63,8 +65,9 @@ typedef struct Policy
  */
 #define AR_POLICY_LEVEL(x) \
 	x ".max_attempts, " x ".base_delay, " x ".max_delay, " x ".multiplier, " \
-	x ".jitter::text, " x ".deadline, " x ".lease, " x ".ttl, " x ".compensate_tool"
-#define AR_POLICY_LEVEL_NCOLUMNS 9
+	x ".jitter::text, " x ".deadline, " x ".lease, " x ".ttl, " x ".compensate_tool, " \
+	x ".requires_approval"
+#define AR_POLICY_LEVEL_NCOLUMNS 10
 #define AR_POLICY_COLUMNS \
 	"t.idempotency::text, t.side_effect::text, " AR_POLICY_LEVEL("t") ", " \
 	AR_POLICY_LEVEL("pw") ", " AR_POLICY_LEVEL("pt")

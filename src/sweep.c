@@ -3,9 +3,9 @@
  * sweep.c
  *	  sweep(): the background housekeeping that pg_cron runs every minute.
  *
- * Four bounded steps, each reading only the rows it acts on through a
- * partial index (operations_lease_expiry, operations_retry_due,
- * operations_expiry, events_at), so its cost
+ * Five bounded steps, each reading only the rows it acts on through an
+ * index (operations_lease_expiry, operations_retry_due,
+ * operations_expiry, events_at, runs_updated_at), so its cost
  * follows the number of due rows, not the size of the tables:
  *
  *	1. expired execution leases are decided as ambiguous failures (as a
@@ -15,7 +15,9 @@
  *	3. terminal operations past their TTL are deleted, at most max, and
  *	   their tenant's token floor raised to their highest fencing token;
  *	4. events past agentretry.event_retention are deleted, at most max,
- *	   and so are budget ledger rows (and run counters idle as long).
+ *	   and so are budget ledger rows;
+ *	5. runs idle for agentretry.default_ttl whose operations are all gone
+ *	   are deleted with their context versions, at most max.
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
@@ -98,20 +100,36 @@ static ArPlan purge_events_plan = {
 	2, NOW_MAX_ARGTYPES
 };
 
-/* retention of the budget ledger and of idle run counters: as events */
+/* retention of the budget ledger: as events */
 static ArPlan purge_ledger_plan = {
 	"WITH gone AS ("
 	" DELETE FROM agentretry.budget_ledger e USING ("
 	"  SELECT x.tenant, x.id FROM agentretry.budget_ledger x"
 	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
 	"  FOR UPDATE SKIP LOCKED) d"
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1),"
-	" idle_runs AS ("
-	" DELETE FROM agentretry.run_retries r USING ("
-	"  SELECT x.tenant, x.run_id FROM agentretry.run_retries x"
-	"  WHERE x.updated_at < $1 ORDER BY x.updated_at LIMIT $2"
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
+
+/*
+ * Runs idle for the default TTL ($1: now - agentretry.default_ttl) once
+ * none of their operations is left, with their context versions.  A claim
+ * joining the run holds it FOR KEY SHARE and is skipped.
+ */
+static ArPlan purge_runs_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.runs r USING ("
+	"  SELECT x.tenant, x.run_id FROM agentretry.runs x"
+	"  WHERE x.updated_at < $1 AND NOT EXISTS (SELECT FROM agentretry.operations o"
+	"   WHERE o.tenant = x.tenant AND o.run_id = x.run_id)"
+	"  ORDER BY x.updated_at LIMIT $2"
 	"  FOR UPDATE SKIP LOCKED) d"
-	" WHERE r.tenant = d.tenant AND r.run_id = d.run_id)"
+	" WHERE r.tenant = d.tenant AND r.run_id = d.run_id"
+	" RETURNING r.tenant, r.run_id),"
+	" context AS ("
+	" DELETE FROM agentretry.run_context c USING gone g"
+	" WHERE c.tenant = g.tenant AND c.run_id = g.run_id)"
 	" SELECT count(*) FROM gone",
 	2, NOW_MAX_ARGTYPES
 };
@@ -139,7 +157,7 @@ expire_leases(TimestampTz now, int max)
 		memset(&op, 0, sizeof(op));
 		operation_from_row(rows->vals[i], rows->tupdesc, &op);
 		expire_lease(&op, now, &d);
-		operation_store(&op, now);
+		transition_store(&op, now);
 	}
 	return (int) n;
 }
@@ -198,19 +216,19 @@ PG_FUNCTION_INFO_V1(agentretry_sweep);
  *
  * One bounded round of housekeeping (see the file header); returns
  * (leases_expired, deadlines_exceeded, operations_purged, events_purged,
- * due_retries, more, ledger_purged).  more is true when a step stopped at max: call
- * again.  NOTIFY agentretry carries due_retries when it is not zero.
+ * due_retries, more, ledger_purged, runs_purged).  more is true when a
+ * step stopped at max: call again.  NOTIFY agentretry carries due_retries when it is not zero.
  */
 Datum
 agentretry_sweep(PG_FUNCTION_ARGS)
 {
 	int			max;
 	TimestampTz now = GetCurrentTimestamp();
-	int			counts[5];
+	int			counts[6];
 	int64		due;
 	TupleDesc	desc;
-	Datum		values[7];
-	bool		nulls[7] = {false, false, false, false, false, false, false};
+	Datum		values[8];
+	bool		nulls[8] = {false, false, false, false, false, false, false, false};
 	TimestampTz retention_start = ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC);
 	int			i;
 	ArSpi		spi;
@@ -229,6 +247,8 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	counts[2] = purge(&purge_operations_plan, now, max);
 	counts[3] = purge(&purge_events_plan, retention_start, max);
 	counts[4] = purge(&purge_ledger_plan, retention_start, max);
+	counts[5] = purge(&purge_runs_plan,
+					  ts_add_usec(now, -(int64) ar_default_ttl_sec * USECS_PER_SEC), max);
 	due = count_due(now);
 	ar_spi_end(&spi);
 
@@ -245,7 +265,8 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	}
 	values[4] = Int64GetDatum(due);
 	values[6] = Int32GetDatum(counts[4]);
-	if (counts[4] >= max)
+	values[7] = Int32GetDatum(counts[5]);
+	if (counts[4] >= max || counts[5] >= max)
 		values[5] = BoolGetDatum(true);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

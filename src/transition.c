@@ -15,6 +15,12 @@
  *	  retry_wait  --claim/claim_due when due--> in_progress
  *	  verify      --claim--> verification lease --resolve--> succeeded | retry_wait
  *	  in_progress --complete--> succeeded
+ *	  awaiting_approval --approve--> retry_wait (due) | --reject--> cancelled
+ *
+ * An operation of a run being compensated (operations.compensating) goes
+ * through the same rules, and after each stored change the saga moves on
+ * (transition_store, saga.c); a failed step of such a run is cancelled
+ * rather than retried.
  *
  * src/transition.c
  *
@@ -27,10 +33,23 @@
 
 #include "budget.h"
 #include "events.h"
+#include "saga.h"
 #include "transition.h"
 
 static void budget_deny(Decision *d, TimestampTz deadline, TimestampTz at,
 						TimestampTz now);
+
+/*
+ * Store a transition of op (locked by the caller).  A change of an
+ * operation of a run being compensated moves the saga on.
+ */
+void
+transition_store(Operation *op, TimestampTz now)
+{
+	operation_store(op, now);
+	if (op->compensating)
+		saga_advance(op->tenant, op->run_id, now);
+}
 
 void
 answer_init(ClaimAnswer *a, Outcome outcome, const Operation *op)
@@ -92,8 +111,17 @@ answer_without_transition(const Operation *op, TimestampTz now, ClaimAnswer *a)
 				return true;
 			}
 			return false;
+		case OP_AWAITING_APPROVAL:
+			answer_init(a, OUT_APPROVAL, op);
+			return true;
 		case OP_RETRY_WAIT:
-			if (op->next_attempt_at != TS_NONE && op->next_attempt_at > now)
+			/* a compensation waiting for the ones before it: not scheduled */
+			if (op->next_attempt_at == TS_NONE)
+			{
+				answer_init(a, OUT_WAIT, op);
+				return true;
+			}
+			if (op->next_attempt_at > now)
 			{
 				/* waiting for a budget to allow the retry: denied until then */
 				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
@@ -122,9 +150,19 @@ issue_lease(Operation *op, const ClaimRequest *req, bool verification,
 		op->attempts++;
 		op->last_attempt_at = req->now;
 		if (op->first_attempt_at == TS_NONE)
+		{
+			/*
+			 * The first attempt of an operation that waited for approval
+			 * or is a compensation: its deadline starts now, and it counts
+			 * as a first attempt for ratio budgets.
+			 */
 			op->first_attempt_at = req->now;
+			if (op->deadline == TS_NONE && op->policy.deadline != USEC_NONE)
+				op->deadline = ts_add_usec(req->now, op->policy.deadline);
+			budget_count_first_attempt(op, req->owner, req->now);
+		}
 	}
-	operation_store(op, req->now);
+	transition_store(op, req->now);
 
 	if (verification)
 		record_simple_event("verifying", op, op->reason, req->now);
@@ -154,7 +192,7 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 				issue_lease(op, req, false, a);
 			else
 			{
-				operation_store(op, req->now);
+				transition_store(op, req->now);
 				answer_init(a, reason_is(op, "budget_wait") ? OUT_DENIED : OUT_WAIT, op);
 				a->retry_at = op->next_attempt_at;
 			}
@@ -163,7 +201,7 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 			issue_lease(op, req, true, a);
 			break;
 		case ACT_DEAD:
-			operation_store(op, req->now);
+			transition_store(op, req->now);
 			answer_terminal(a, op);
 			break;
 	}
@@ -195,7 +233,7 @@ pay_budget_wait(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 		return false;
 	}
 	op->next_attempt_at = d.retry_at;
-	operation_store(op, req->now);
+	transition_store(op, req->now);
 	record_simple_event("denied", op, why, req->now);
 	answer_init(a, OUT_DENIED, op);
 	a->retry_at = d.retry_at;
@@ -291,7 +329,7 @@ void
 dead_letter(Operation *op, const char *reason, TimestampTz now)
 {
 	operation_set_terminal(op, OP_DEAD, reason);
-	operation_store(op, now);
+	transition_store(op, now);
 	record_simple_event("dead", op, reason, now);
 }
 
@@ -335,6 +373,7 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	EventData	ev;
 	int			attempt = Max(op->attempts, 1);
 	int64		backoff;
+	bool		cancelled = false;
 
 	backoff = backoff_usec(attempt, op->policy.base_delay,
 						   op->policy.max_delay, op->policy.multiplier,
@@ -350,6 +389,15 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	in.deadline = op->deadline;
 	in.now = now;
 	decide_failure(&in, d);
+	if (d->action == ACT_RETRY && op->compensating && op->compensation_of == NULL)
+	{
+		/* the run is being undone: a failed step is not tried again */
+		cancelled = true;
+		d->action = ACT_DEAD;
+		d->reason = "compensating";
+		d->retry_at = TS_NONE;
+		d->delay = USEC_NONE;
+	}
 	if (d->action == ACT_RETRY)
 	{
 		TimestampTz allowed_at;
@@ -377,11 +425,11 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 			op->next_attempt_at = TS_NONE;
 			break;
 		case ACT_DEAD:
-			operation_set_terminal(op, OP_DEAD, d->reason);
+			operation_set_terminal(op, cancelled ? OP_CANCELLED : OP_DEAD, d->reason);
 			break;
 	}
 
-	ev.kind = action_labels[d->action];
+	ev.kind = cancelled ? "cancel" : action_labels[d->action];
 	ev.op = op;
 	ev.failure_class = failure;
 	ev.failure_phase = op->failure_phase;
@@ -389,6 +437,7 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	ev.message = message;
 	ev.reason = d->reason;
 	ev.delay = d->delay;
+	ev.actor = NULL;
 	ev.at = now;
 	record_event(&ev);
 }

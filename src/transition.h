@@ -43,6 +43,7 @@ extern bool answer_without_transition(const Operation *op, TimestampTz now,
 									  ClaimAnswer *a);
 extern void claim_transition(Operation *op, const ClaimRequest *req,
 							 ClaimAnswer *a);
+extern void transition_store(Operation *op, TimestampTz now);
 
 extern void apply_failure(Operation *op, FailureClass failure,
 						  FailurePhase phase, const char *code,

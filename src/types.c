@@ -23,9 +23,14 @@
 #include "agentretry.h"
 
 const char *const op_state_labels[] =
-{"in_progress", "retry_wait", "verify", "succeeded", "dead", "cancelled", NULL};
+{"in_progress", "retry_wait", "verify", "succeeded", "dead", "cancelled",
+"awaiting_approval", NULL};
 const char *const outcome_labels[] =
-{"execute", "replay", "busy", "wait", "verify", "dead", "cancelled", "denied", NULL};
+{"execute", "replay", "busy", "wait", "verify", "dead", "cancelled", "denied",
+"approval", NULL};
+const char *const run_state_labels[] =
+{"running", "succeeded", "failed", "compensating", "compensated",
+"needs_review", NULL};
 const char *const failure_class_labels[] =
 {"transient", "permanent", "ambiguous", NULL};
 const char *const failure_phase_labels[] =

@@ -1,0 +1,24 @@
+/*-------------------------------------------------------------------------
+ *
+ * saga.h
+ *	  Compensation of a run's steps, in reverse completion order.
+ *
+ * src/saga.h
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef AGENTRETRY_SAGA_H
+#define AGENTRETRY_SAGA_H
+
+#include "operation.h"
+
+extern int	saga_schedule(const char *tenant, const char *key,
+						  TimestampTz now);
+extern void saga_advance(const char *tenant, const char *run_id,
+						 TimestampTz now);
+extern void saga_succeeded(const Operation *op, TimestampTz now);
+extern void record_run_event(const char *kind, const char *tenant,
+							 const char *run_id, const char *reason,
+							 bool by_actor, TimestampTz now);
+
+#endif							/* AGENTRETRY_SAGA_H */
