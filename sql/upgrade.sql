@@ -1,14 +1,17 @@
 --
--- upgrade: ALTER EXTENSION agentretry UPDATE from 0.1.0 keeps the rows
--- written under 0.1.0 working, and builds exactly what a fresh
+-- upgrade: ALTER EXTENSION agentretry UPDATE keeps the rows written under
+-- an older version working, and builds exactly what a fresh
 -- CREATE EXTENSION builds, which runs the complete script of the version
--- (agentretry--0.3.0.sql) instead of 0.1.0 and the update scripts
+-- (agentretry--0.4.0.sql) instead of 0.1.0 and the update scripts.  Two
+-- upgrades: from 0.1.0 through every update, and from 0.3.0 with rows
+-- as 0.3.0 left them.
 --
--- Both installs get databases of their own; drop leftovers of an
+-- Each install gets a database of its own; drop leftovers of an
 -- interrupted run first.
 SET client_min_messages = warning;
 DROP DATABASE IF EXISTS ar_fresh;
 DROP DATABASE IF EXISTS ar_upgrade;
+DROP DATABASE IF EXISTS ar_v030;
 RESET client_min_messages;
 CREATE DATABASE ar_upgrade;
 \c ar_upgrade
@@ -146,16 +149,30 @@ LANGUAGE sql AS $$
 				   pg_get_expr(o.polqual, o.polrelid), pg_get_expr(o.polwithcheck, o.polrelid)))
 	FROM relations r JOIN pg_policy o ON o.polrelid = r.oid
 $$;
+-- The relations whose rows pg_dump dumps (pg_extension_config_dump), with
+-- the condition, and whether the relation exists: the oid of a dropped
+-- table left behind in extconfig shows as a number, present false.
+CREATE FUNCTION ar_config() RETURNS TABLE (relation text, condition text, present boolean)
+LANGUAGE sql AS $$
+	SELECT u.c::regclass::text, u.w, EXISTS (SELECT FROM pg_class r WHERE r.oid = u.c)
+	FROM pg_extension e, unnest(e.extconfig, e.extcondition) u (c, w)
+	WHERE e.extname = 'agentretry'
+$$;
 
 --
--- a fresh install (ar_fresh is a copy of this database as it is now)
+-- a fresh install (ar_fresh and ar_v030 are copies of this database as it
+-- is now)
 --
 \c contrib_regression
 CREATE DATABASE ar_fresh TEMPLATE ar_upgrade;
+CREATE DATABASE ar_v030 TEMPLATE ar_upgrade;
 \c ar_fresh
 CREATE EXTENSION agentretry;
-SELECT extversion, array(SELECT c::regclass::text FROM unnest(extconfig) c ORDER BY 1) AS config_tables
-FROM pg_extension WHERE extname = 'agentretry';
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+SELECT * FROM ar_config() ORDER BY 1;
+SELECT string_agg(format('%s %L %s', relation, condition, present), ', ' ORDER BY relation)
+	AS fresh_config
+FROM ar_config() \gset
 -- CREATE EXTENSION runs the script of the version itself when there is
 -- one, and 0.1.0 and the updates only when there is none: this test
 -- compares the complete script with the updates while it is installed
@@ -212,17 +229,25 @@ CREATE TABLE v010_rows AS SELECT * FROM agentretry.operations;
 -- the update
 --
 ALTER EXTENSION agentretry UPDATE;
-SELECT extversion, array(SELECT c::regclass::text FROM unnest(extconfig) c ORDER BY 1) AS config_tables
-FROM pg_extension WHERE extname = 'agentretry';
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+-- pg_dump dumps the rows of the same relations as in a fresh install:
+-- 0.3.0 marked run_retries, and 0.4.0 dropped it from the extension and
+-- from the list (ALTER EXTENSION ... DROP TABLE) before dropping it
+SELECT count(*) AS config_relations, bool_and(present) AS all_present,
+	string_agg(format('%s %L %s', relation, condition, present), ', ' ORDER BY relation)
+		= :'fresh_config' AS as_installed
+FROM ar_config();
 
--- what the updates added (0.2.0 and 0.3.0; not listing the columns of new relations); nothing
--- was removed
+-- what the updates added (0.2.0, 0.3.0 and 0.4.0; not listing the columns
+-- of new relations)
 SELECT a.object FROM ar_objects() a
 WHERE a.object NOT IN (SELECT v.object FROM v010_objects v)
 	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v010_objects v))
 ORDER BY 1;
+-- what they removed: register_tool of 0.1.0, which 0.4.0 replaced by one
+-- with a new last parameter, requires_approval
 SELECT object FROM v010_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
--- what the updates changed
+-- what they changed: two enums got a label (0.4.0)
 SELECT v.object FROM v010_objects v JOIN ar_objects() a USING (object)
 WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
 -- the same objects, defined the same way, as the fresh install by the
@@ -245,7 +270,8 @@ SELECT * FROM install_vs_upgrade ORDER BY 1;
 -- transaction that is rolled back.  A column in another place (dropped
 -- and added again, it comes last), a default, a constraint's name, a
 -- disabled trigger, a sequence option, an enum label, one byte of a
--- function's body, a comment, an explicit ACL that grants nothing more
+-- function's body, a view that names an enum value where the update
+-- compares text, a comment, an explicit ACL that grants nothing more
 -- (a REVOKE of nothing), a column privilege, the schema's default
 -- privileges, a table that pg_extension_config_dump did not mark.
 BEGIN;
@@ -262,15 +288,22 @@ BEGIN
 					'RETURN FOUND;', 'RETURN FOUND; ');
 END
 $$;
+CREATE OR REPLACE VIEW agentretry.approval_queue AS
+SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
+	   coalesce(o.state_since, o.created_at) AS since,
+	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
+	   o.run_id, o.step
+FROM agentretry.operations o
+WHERE o.state = 'awaiting_approval';
 COMMENT ON INDEX agentretry.events_at IS 'events by time';
 REVOKE ALL ON SEQUENCE agentretry.budget_ledger_id_seq FROM PUBLIC;
 GRANT SELECT (key) ON agentretry.operations TO agentretry_agent;
 ALTER DEFAULT PRIVILEGES IN SCHEMA agentretry GRANT SELECT ON TABLES TO agentretry_operator;
 UPDATE pg_extension SET
 	extconfig = array(SELECT c FROM unnest(extconfig, extcondition) u (c, w)
-					  WHERE c <> 'agentretry.run_retries'::regclass),
+					  WHERE c <> 'agentretry.run_context'::regclass),
 	extcondition = array(SELECT w FROM unnest(extconfig, extcondition) u (c, w)
-						 WHERE c <> 'agentretry.run_retries'::regclass)
+						 WHERE c <> 'agentretry.run_context'::regclass)
 WHERE extname = 'agentretry';
 SELECT object,
 	CASE WHEN installed IS NULL THEN 'only upgraded' WHEN upgraded IS NULL THEN 'only installed'
@@ -288,9 +321,17 @@ SELECT o.key, o.state, o.state_since,
 	 o.last_attempt_at, o.deadline, o.last_failure_class, o.last_failure_phase,
 	 o.last_failure_code, o.last_failure_message, o.last_delay, o.reason, o.result,
 	 o.compensate_tool, o.compensate_args, o.run_id, o.step, o.created_at, o.updated_at,
-	 o.completed_at, o.expires_at)::text = v::text AS unchanged
+	 o.completed_at, o.expires_at)::text = v::text AS unchanged,
+	o.compensation_of, o.compensating
 FROM agentretry.operations o JOIN v010_rows v USING (tenant, key)
 ORDER BY o.key;
+-- the run an operation names became a run (0.4.0), running, started and
+-- last changed when the operation was created
+SELECT r.run_id, r.state, r.retry_events, r.max_retry_events, r.context_version,
+	r.started_at = v.created_at AS started_created, r.updated_at = v.created_at AS updated_created,
+	r.finished_at
+FROM agentretry.runs r JOIN v010_rows v USING (tenant, run_id);
+SELECT count(*) AS runs FROM agentretry.runs;
 -- the views date rows without state_since by their last change
 SELECT v.key, v.state, v.since = o.updated_at AS since_updated
 FROM agentretry.in_flight v JOIN agentretry.operations o USING (tenant, key) ORDER BY v.key;
@@ -319,6 +360,261 @@ SELECT field, value, source FROM agentretry.effective_policy('acme', 'up_idem') 
 SELECT * FROM agentretry.sweep();
 SELECT kind, key, reason FROM agentretry.events ORDER BY id;
 
+--
+-- 0.3.0, with rows as 0.3.0 left them
+--
+-- CREATE EXTENSION ... VERSION '0.3.0' runs 0.1.0 and the updates to
+-- 0.3.0: there is no complete script of 0.3.0.
+\c ar_v030
+CREATE EXTENSION agentretry VERSION '0.3.0';
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+SELECT (pg_stat_file(s.setting || '/extension/agentretry--0.3.0.sql', true)).size IS NULL
+	AS no_complete_script
+FROM pg_config s WHERE s.name = 'SHAREDIR';
+SELECT * FROM ar_config() WHERE relation = 'agentretry.run_retries';
+SELECT 'agentretry.run_retries'::regclass::oid AS run_retries_oid \gset
+CREATE TABLE v030_objects AS SELECT * FROM ar_objects();
+
+-- The 0.4.0 library does not serve claim() or fail() under the 0.3.0
+-- schema (the update must come first), so the rows are inserted as the
+-- 0.3.0 functions left them (the PL/pgSQL functions register_tool and
+-- set_budget still run):
+--   run-a: v3-done succeeded; v3-retry failed twice (transient), due again
+--     a while ago; each failure was a retry event of run-a, counted in
+--     run_retries and debited from the run and the budget of v3_idem
+--   run-b: v3-leased leased until 4 minutes from now; v3-verify awaiting
+--     verification after an ambiguous failure
+--   run-c: v3-drop, a destructive tool's operation, leased
+--   no run: v3-dead dead after a permanent failure; v3-drop-released, a
+--     destructive tool's operation whose lease was given back (release)
+--   run-gone: one retry event 8 days ago; its operation was purged since
+--     (raising the tenant's token floor to its last token, 2)
+SELECT name, idempotency, side_effect
+FROM agentretry.register_tool('v3_idem', 'idempotent', 'write', max_attempts => 6,
+	base_delay => '0', max_delay => '0', jitter => 'none');
+SELECT name, idempotency, side_effect FROM agentretry.register_tool('v3_write', 'non_idempotent', 'write');
+SELECT name, idempotency, side_effect FROM agentretry.register_tool('v3_drop', 'non_idempotent', 'destructive');
+SELECT tenant, scope, subject, capacity FROM agentretry.set_budget('default', 'tool', 'v3_idem', capacity => 20);
+INSERT INTO agentretry.operations (tenant, key, op_hash, args, tool, state, attempts,
+	lease_token, lease_owner, lease_expires_at, next_attempt_at, first_attempt_at,
+	last_attempt_at, last_failure_class, last_failure_phase, last_failure_code,
+	last_failure_message, last_delay, reason, result, run_id, step, created_at,
+	updated_at, completed_at, expires_at, state_since)
+SELECT 'default', key, agentretry.op_hash(args), args, tool, state::agentretry.operation_state,
+	attempts, lease_token, lease_owner, clock_timestamp() + lease_expires,
+	clock_timestamp() - next_attempt, clock_timestamp() - first_attempt,
+	clock_timestamp() - last_attempt, failure_class::agentretry.failure_class,
+	failure_phase::agentretry.failure_phase, failure_code, failure_message, last_delay,
+	reason, result, run_id, step, clock_timestamp() - created, clock_timestamp() - updated,
+	clock_timestamp() - completed, clock_timestamp() - completed + interval '7 days',
+	clock_timestamp() - updated
+FROM (VALUES
+	('v3-done', '{"n": 1}'::jsonb, 'v3_idem', 'succeeded', 1, 1, 'w1', NULL::interval, NULL::interval,
+	 interval '20 minutes', interval '20 minutes', NULL, NULL, NULL, NULL, NULL::interval,
+	 NULL, '{"receipt": 1}'::jsonb, 'run-a', 'fetch', interval '20 minutes', interval '19 minutes',
+	 interval '19 minutes'),
+	('v3-retry', '{"n": 2}', 'v3_idem', 'retry_wait', 2, 2, 'w1', NULL, interval '16 minutes',
+	 interval '18 minutes', interval '17 minutes', 'transient', 'pre_execution', 'http_503',
+	 'unavailable', interval '0', 'not_executed', NULL, 'run-a', 'store', interval '18 minutes',
+	 interval '17 minutes', NULL),
+	('v3-leased', '{"n": 3}', 'v3_idem', 'in_progress', 1, 1, 'w2', interval '4 minutes', NULL,
+	 interval '1 minute', interval '1 minute', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	 'run-b', 'send', interval '1 minute', interval '1 minute', NULL),
+	('v3-verify', '{"n": 4}', 'v3_write', 'verify', 1, 1, 'w2', NULL, NULL,
+	 interval '15 minutes', interval '15 minutes', 'ambiguous', 'mid_execution', 'timeout',
+	 'no answer', NULL, 'outcome_unknown', NULL, 'run-b', 'pay', interval '15 minutes',
+	 interval '14 minutes', NULL),
+	('v3-dead', '{"n": 5}', 'v3_write', 'dead', 1, 1, 'w3', NULL, NULL,
+	 interval '13 minutes', interval '13 minutes', 'permanent', 'pre_execution', 'http_400',
+	 'bad request', NULL, 'permanent', NULL, NULL, NULL, interval '13 minutes',
+	 interval '12 minutes', interval '12 minutes'),
+	('v3-drop', '{"table": "t1"}', 'v3_drop', 'in_progress', 1, 1, 'w4', interval '4 minutes', NULL,
+	 interval '1 minute', interval '1 minute', NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+	 'run-c', 'drop', interval '1 minute', interval '1 minute', NULL),
+	('v3-drop-released', '{"table": "t2"}', 'v3_drop', 'retry_wait', 0, 1, 'w4', NULL,
+	 interval '10 minutes', interval '10 minutes', interval '10 minutes', NULL, NULL, NULL, NULL,
+	 NULL, 'released', NULL, NULL, NULL, interval '10 minutes', interval '10 minutes', NULL))
+	AS o (key, args, tool, state, attempts, lease_token, lease_owner, lease_expires,
+		  next_attempt, first_attempt, last_attempt, failure_class, failure_phase,
+		  failure_code, failure_message, last_delay, reason, result, run_id, step,
+		  created, updated, completed);
+INSERT INTO agentretry.run_retries (tenant, run_id, retries, updated_at)
+SELECT 'default', 'run-a', 2, o.updated_at FROM agentretry.operations o WHERE o.key = 'v3-retry'
+UNION ALL
+SELECT 'default', 'run-gone', 1, clock_timestamp() - interval '8 days';
+INSERT INTO agentretry.events (tenant, at, kind, key, tool, run_id, step, attempt,
+	failure_class, failure_phase, code, message, reason, delay, lease_token, owner)
+SELECT 'default', o.updated_at - d.before, d.kind, o.key, o.tool, o.run_id, o.step, d.attempt,
+	o.last_failure_class, o.last_failure_phase, o.last_failure_code, o.last_failure_message,
+	o.reason, o.last_delay, d.attempt, o.lease_owner
+FROM agentretry.operations o
+JOIN (VALUES ('v3-retry', 'retry', 1, interval '30 seconds'), ('v3-retry', 'retry', 2, interval '0'),
+			 ('v3-verify', 'verify', 1, interval '0'), ('v3-dead', 'dead', 1, interval '0'))
+	AS d (key, kind, attempt, before) USING (key)
+ORDER BY 2;
+INSERT INTO agentretry.events (tenant, at, kind, key, tool, run_id, attempt, failure_class,
+	failure_phase, reason, delay, lease_token, owner)
+VALUES ('default', clock_timestamp() - interval '8 days', 'retry', 'v3-gone', 'v3_idem', 'run-gone',
+	1, 'transient', 'pre_execution', 'not_executed', interval '0', 1, 'w5');
+INSERT INTO agentretry.budget_ledger (tenant, at, scope, subject, key, amount, balance_after,
+	reason, failure_class)
+SELECT 'default', e.at, l.scope, l.subject, e.key, 1,
+	CASE WHEN l.scope = 'tool'
+		THEN 20 - count(*) FILTER (WHERE l.scope = 'tool') OVER (ORDER BY e.at, l.scope) END,
+	'debit', 'transient'
+FROM agentretry.events e
+JOIN (VALUES ('v3-gone', 'run', 'run-gone'), ('v3-gone', 'tool', 'v3_idem'),
+			 ('v3-retry', 'run', 'run-a'), ('v3-retry', 'tool', 'v3_idem'))
+	AS l (key, scope, subject) USING (key)
+WHERE e.kind = 'retry'
+ORDER BY e.at, l.scope;
+UPDATE agentretry.budget_stripes SET tokens = tokens - 3, cur_retries = 3 WHERE stripe = 0;
+INSERT INTO agentretry.token_floors (tenant, floor, raised_at)
+VALUES ('default', 2, clock_timestamp() - interval '1 day');
+SELECT key, tool, state, attempts, lease_token, run_id, step, reason FROM agentretry.operations ORDER BY key;
+SELECT run_id, retries FROM agentretry.run_retries ORDER BY run_id;
+SELECT scope, subject, key, amount, balance_after, reason FROM agentretry.budget_ledger ORDER BY id;
+SELECT kind, key, run_id, attempt FROM agentretry.events ORDER BY id;
+SELECT scope, subject, capacity, balance FROM agentretry.budget_status;
+CREATE TABLE v030_rows AS SELECT * FROM agentretry.operations;
+CREATE TABLE v030_run_retries AS SELECT * FROM agentretry.run_retries;
+CREATE TABLE v030_ledger AS SELECT * FROM agentretry.budget_ledger;
+
+--
+-- the update from 0.3.0
+--
+ALTER EXTENSION agentretry UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+-- run_retries is gone, from the catalog and from pg_dump's list
+SELECT to_regclass('agentretry.run_retries') AS run_retries,
+	to_regtype('agentretry.run_retries') AS run_retries_type;
+SELECT :run_retries_oid::oid = ANY (extconfig) AS run_retries_in_extconfig,
+	cardinality(extconfig) = cardinality(extcondition) AS one_condition_each
+FROM pg_extension WHERE extname = 'agentretry';
+SELECT count(*) AS config_relations, bool_and(present) AS all_present,
+	string_agg(format('%s %L %s', relation, condition, present), ', ' ORDER BY relation)
+		= :'fresh_config' AS as_installed
+FROM ar_config();
+
+-- what the update to 0.4.0 added (not listing the columns of new
+-- relations), removed and changed
+SELECT a.object FROM ar_objects() a
+WHERE a.object NOT IN (SELECT v.object FROM v030_objects v)
+	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v030_objects v))
+ORDER BY 1;
+SELECT object FROM v030_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
+SELECT v.object FROM v030_objects v JOIN ar_objects() a USING (object)
+WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
+-- and the result is the fresh install, object for object
+CREATE TABLE fresh_objects AS
+SELECT split_part(o, E'\t', 1) AS object, split_part(o, E'\t', 2) AS definition
+FROM unnest(string_to_array(:'fresh_objects', E'\n')) o;
+CREATE VIEW install_vs_upgrade AS
+SELECT object, f.definition AS installed, u.definition AS upgraded
+FROM fresh_objects f FULL JOIN ar_objects() u USING (object)
+WHERE f.definition IS DISTINCT FROM u.definition;
+SELECT count(*) AS objects, count(DISTINCT object) AS names,
+	(SELECT count(*) FROM fresh_objects) AS installed,
+	(SELECT count(*) FROM install_vs_upgrade) AS differing
+FROM ar_objects();
+SELECT * FROM install_vs_upgrade ORDER BY 1;
+
+--
+-- the 0.3.0 rows after the update
+--
+-- operations: unchanged, in no compensation
+SELECT o.key, (o.tenant, o.key, o.op_hash, o.args, o.tool, o.state, o.attempts,
+	 o.lease_token, o.lease_owner, o.lease_expires_at, o.next_attempt_at,
+	 o.first_attempt_at, o.last_attempt_at, o.deadline, o.last_failure_class,
+	 o.last_failure_phase, o.last_failure_code, o.last_failure_message, o.last_delay,
+	 o.reason, o.result, o.compensate_tool, o.compensate_args, o.run_id, o.step,
+	 o.created_at, o.updated_at, o.completed_at, o.expires_at, o.state_since)::text
+		= v::text AS unchanged,
+	o.compensation_of, o.compensating
+FROM agentretry.operations o FULL JOIN v030_rows v USING (tenant, key)
+ORDER BY 1;
+-- every run of 0.3.0, named by an operation or counted in run_retries, is
+-- a run: running, with the old counter as its retry events, started at
+-- the first and last changed at the last time 0.3.0 recorded for it
+SELECT r.run_id, r.state, r.retry_events, coalesce(c.retries, 0) AS old_retries,
+	r.max_retry_events, r.context_version, r.workflow_version, r.correlation_id,
+	r.compensate_reason, r.finished_at,
+	r.started_at = least(min(o.created_at), c.updated_at) AS started_first,
+	r.updated_at = greatest(max(o.created_at), c.updated_at) AS updated_last
+FROM agentretry.runs r
+LEFT JOIN v030_run_retries c USING (tenant, run_id)
+LEFT JOIN v030_rows o USING (tenant, run_id)
+GROUP BY r.tenant, r.run_id, c.retries, c.updated_at
+ORDER BY r.run_id;
+SELECT (SELECT count(*) FROM agentretry.runs) AS runs,
+	(SELECT count(*) FROM (SELECT tenant, run_id FROM v030_rows WHERE run_id IS NOT NULL
+						   UNION SELECT tenant, run_id FROM v030_run_retries) x) AS runs_of_030;
+SELECT run_id, state, steps, in_progress, retry_wait, verify, awaiting_approval, succeeded,
+	dead, cancelled, retry_events_used, retry_events_allowed, compensations_pending,
+	context_version
+FROM agentretry.run_status ORDER BY run_id;
+-- the ledger and the budget are as they were
+SELECT count(*) AS ledger_rows,
+	count(*) FILTER (WHERE (l.*)::text = (v.*)::text) AS unchanged
+FROM agentretry.budget_ledger l FULL JOIN v030_ledger v USING (tenant, id);
+SELECT scope, subject, capacity, balance FROM agentretry.budget_status;
+
+-- claim replays the success
+SELECT outcome, attempt, lease_token, result
+FROM agentretry.claim('v3-done', '{"n": 1}', 'v3_idem', run_id => 'run-a', step => 'fetch');
+-- the lease taken under 0.3.0 holds: busy for others, and its holder
+-- completes with its token
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('v3-leased', '{"n": 3}', 'v3_idem', run_id => 'run-b', step => 'send');
+SELECT agentretry.complete('v3-leased', 1, '{"receipt": 3}');
+-- the verification: a verifier's lease with the next token, then resolve
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('v3-verify', '{"n": 4}', 'v3_write', run_id => 'run-b', step => 'pay');
+SELECT agentretry.resolve('v3-verify', 2, true, '{"receipt": 4}');
+-- claim_due leases the retry that was waiting, as attempt 3 of run-a,
+-- whose count of retry events goes on from the 2 of 0.3.0: with a limit
+-- of 3 the next failure is a retry, the one after is denied
+SET agentretry.run_max_retries = 3;
+SELECT key, attempt, lease_token, run_id, step
+FROM agentretry.claim_due('worker-1', tools => ARRAY['v3_idem']);
+SELECT action, attempt, reason FROM agentretry.fail('v3-retry', 3, 'transient', 'pre_execution');
+SELECT retry_events FROM agentretry.runs WHERE run_id = 'run-a';
+SELECT key, attempt, lease_token FROM agentretry.claim_due('worker-1', tools => ARRAY['v3_idem']);
+SELECT action, attempt, reason FROM agentretry.fail('v3-retry', 4, 'transient', 'pre_execution');
+RESET agentretry.run_max_retries;
+SELECT retry_events FROM agentretry.runs WHERE run_id = 'run-a';
+SELECT scope, subject, key, amount, balance_after, reason
+FROM agentretry.budget_ledger WHERE id > (SELECT max(id) FROM v030_ledger) ORDER BY id;
+
+-- destructive tools now require approval (the behaviour change of
+-- 0.4.0), but only for new keys: v3-drop, leased under 0.3.0, is busy,
+-- and its holder completes it; v3-drop-released, claimed under 0.3.0, is
+-- executed at once
+SELECT field, value, source FROM agentretry.effective_policy('default', 'v3_drop')
+WHERE field = 'requires_approval';
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('v3-drop', '{"table": "t1"}', 'v3_drop', run_id => 'run-c', step => 'drop');
+SELECT agentretry.complete('v3-drop', 1, '{"dropped": "t1"}');
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('v3-drop-released', '{"table": "t2"}', 'v3_drop', owner => 'w4');
+-- a new key of the destructive tool waits for a person's approval
+SELECT outcome, attempt, lease_token, reason
+FROM agentretry.claim('v3-drop-new', '{"table": "t3"}', 'v3_drop', run_id => 'run-c',
+	step => 'drop-more', owner => 'w4');
+SELECT key, state, attempts, lease_token, lease_expires_at, reason
+FROM agentretry.operations WHERE key = 'v3-drop-new';
+SELECT key, tool, args, requested_by, run_id, step FROM agentretry.approval_queue;
+
+SELECT key, state, attempts, lease_token, reason, result FROM agentretry.operations ORDER BY key;
+SELECT run_id, steps, in_progress, retry_wait, verify, awaiting_approval, succeeded, dead,
+	retry_events_used
+FROM agentretry.run_status ORDER BY run_id;
+-- the sweep purges run-gone: idle for 8 days, more than
+-- agentretry.default_ttl, and none of its operations is left
+SELECT operations_purged, runs_purged FROM agentretry.sweep();
+SELECT run_id FROM agentretry.runs ORDER BY run_id;
+
 \c contrib_regression
 DROP DATABASE ar_upgrade;
 DROP DATABASE ar_fresh;
+DROP DATABASE ar_v030;

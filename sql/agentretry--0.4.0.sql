@@ -1,25 +1,32 @@
-/* agentretry--0.3.0.sql */
+/* agentretry--0.4.0.sql */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION agentretry" to load this file. \quit
 
 -- ---------------------------------------------------------------------------
--- The complete install script of agentretry 0.3.0: the whole schema, its
+-- The complete install script of agentretry 0.4.0: the whole schema, its
 -- comments and its grants in one file.  CREATE EXTENSION agentretry runs
 -- this script alone.  Existing installations are upgraded by the update
 -- scripts agentretry--A--B.sql (agentretry--0.1.0--0.2.0.sql, then
--- agentretry--0.2.0--0.3.0.sql), and CREATE EXTENSION agentretry VERSION
--- '0.1.0' still installs agentretry--0.1.0.sql.
+-- agentretry--0.2.0--0.3.0.sql, then agentretry--0.3.0--0.4.0.sql), and
+-- CREATE EXTENSION agentretry VERSION '0.1.0' still installs
+-- agentretry--0.1.0.sql (VERSION '0.2.0' or '0.3.0': 0.1.0 and the
+-- updates up to that version).
 --
 -- This script builds exactly what 0.1.0 and those updates build, object
 -- for object (the regression test upgrade compares the two): the same
 -- names, including those PostgreSQL chose for constraints, the same
--- function definitions and comments, the same privileges.  So a column or
--- attribute that an update added with ALTER ... ADD comes last here too
--- (operations.state_since, sweep_summary.ledger_purged).
+-- function definitions and comments, the same privileges.  So a column,
+-- attribute or enum label that an update added with ALTER ... ADD comes
+-- last here too, in the order the updates added them:
+-- operations.state_since (0.2.0), sweep_summary.ledger_purged (0.3.0),
+-- and from 0.4.0 operation_state 'awaiting_approval', outcome 'approval',
+-- tools.requires_approval, operations.compensation_of and compensating,
+-- events.correlation_id and actor, tenant_policies.requires_approval,
+-- sweep_summary.runs_purged.
 --
 -- Released scripts are not edited: a change of the schema goes into a new
--- update script agentretry--0.3.0--X.sql, and into the complete script of
+-- update script agentretry--0.4.0--X.sql, and into the complete script of
 -- version X.
 -- ---------------------------------------------------------------------------
 
@@ -52,13 +59,17 @@ GRANT USAGE ON SCHEMA agentretry TO agentretry_agent, agentretry_operator, agent
 -- ---------------------------------------------------------------------------
 -- types
 -- ---------------------------------------------------------------------------
+-- awaiting_approval was added by 0.4.0 (ALTER TYPE ... ADD VALUE), hence last
 CREATE TYPE agentretry.operation_state AS ENUM
-	('in_progress', 'retry_wait', 'verify', 'succeeded', 'dead', 'cancelled');
+	('in_progress', 'retry_wait', 'verify', 'succeeded', 'dead', 'cancelled',
+	 'awaiting_approval');
 COMMENT ON TYPE agentretry.operation_state IS
 	'lifecycle of an operation: leased, waiting for a retry, awaiting verification, or terminal';
 
+-- approval was added by 0.4.0 (ALTER TYPE ... ADD VALUE), hence last
 CREATE TYPE agentretry.outcome AS ENUM
-	('execute', 'replay', 'busy', 'wait', 'verify', 'dead', 'cancelled', 'denied');
+	('execute', 'replay', 'busy', 'wait', 'verify', 'dead', 'cancelled', 'denied',
+	 'approval');
 COMMENT ON TYPE agentretry.outcome IS 'what claim() tells its caller to do';
 
 CREATE TYPE agentretry.failure_class AS ENUM ('transient', 'permanent', 'ambiguous');
@@ -104,8 +115,14 @@ CREATE TYPE agentretry.budget_scope AS ENUM ('tenant', 'user', 'tool');
 COMMENT ON TYPE agentretry.budget_scope IS
 	'what a budget bounds: a tenant''s retries, one owner''s (the lease owner), or one tool''s';
 
--- The sweep purges ledger rows with the events' retention: ledger_purged,
--- added by 0.3.0 (ALTER TYPE ... ADD ATTRIBUTE), hence last.
+CREATE TYPE agentretry.run_state AS ENUM
+	('running', 'succeeded', 'failed', 'compensating', 'compensated', 'needs_review');
+COMMENT ON TYPE agentretry.run_state IS
+	'lifecycle of a run: running, finished (succeeded or failed), or undoing its steps (compensating, then compensated or needs_review)';
+
+-- The sweep purges ledger rows with the events' retention (ledger_purged,
+-- added by 0.3.0), and idle runs with their context (runs_purged, added by
+-- 0.4.0); both were added with ALTER TYPE ... ADD ATTRIBUTE, hence last.
 CREATE TYPE agentretry.sweep_summary AS (
 	leases_expired integer,
 	deadlines_exceeded integer,
@@ -113,7 +130,8 @@ CREATE TYPE agentretry.sweep_summary AS (
 	events_purged integer,
 	due_retries bigint,
 	more boolean,
-	ledger_purged integer
+	ledger_purged integer,
+	runs_purged integer
 );
 COMMENT ON TYPE agentretry.sweep_summary IS
 	'what one sweep() did; more = a step stopped at max, call again';
@@ -140,10 +158,13 @@ CREATE TABLE agentretry.tools (
 	compensate_tool text CHECK (octet_length(compensate_tool) BETWEEN 1 AND 128),
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	updated_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	requires_approval boolean,	-- added by 0.4.0 (ALTER TABLE ... ADD COLUMN), hence last
 	CHECK (octet_length(name) BETWEEN 1 AND 128)
 );
 COMMENT ON COLUMN agentretry.tools.deadline IS
 	'wall-clock budget of an operation from its first attempt (fixed on the operation at its first claim)';
+COMMENT ON COLUMN agentretry.tools.requires_approval IS
+	'claims wait for approve() before the first attempt; NULL: true for destructive tools, else false';
 COMMENT ON TABLE agentretry.tools IS
 	'registered tools: idempotency, side-effect tier and retry policy; NULL policy fields take the tier default';
 
@@ -221,7 +242,8 @@ CREATE FUNCTION agentretry.register_tool(
 	deadline interval DEFAULT NULL,
 	lease interval DEFAULT NULL,
 	ttl interval DEFAULT NULL,
-	compensate_tool text DEFAULT NULL)
+	compensate_tool text DEFAULT NULL,
+	requires_approval boolean DEFAULT NULL)
 RETURNS agentretry.tools
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -247,12 +269,13 @@ BEGIN
 
 	INSERT INTO agentretry.tools AS t
 		(name, idempotency, side_effect, max_attempts, base_delay, max_delay,
-		 multiplier, jitter, deadline, lease, ttl, compensate_tool)
+		 multiplier, jitter, deadline, lease, ttl, compensate_tool, requires_approval)
 	VALUES
 		(register_tool.name, register_tool.idempotency, register_tool.side_effect,
 		 register_tool.max_attempts, register_tool.base_delay, register_tool.max_delay,
 		 register_tool.multiplier, register_tool.jitter, register_tool.deadline,
-		 register_tool.lease, register_tool.ttl, register_tool.compensate_tool)
+		 register_tool.lease, register_tool.ttl, register_tool.compensate_tool,
+		 register_tool.requires_approval)
 	ON CONFLICT ON CONSTRAINT tools_pkey DO UPDATE SET
 		idempotency = excluded.idempotency,
 		side_effect = excluded.side_effect,
@@ -265,12 +288,13 @@ BEGIN
 		lease = excluded.lease,
 		ttl = excluded.ttl,
 		compensate_tool = excluded.compensate_tool,
+		requires_approval = excluded.requires_approval,
 		updated_at = pg_catalog.clock_timestamp()
 	RETURNING t.* INTO r;
 	RETURN r;
 END
 $$;
-COMMENT ON FUNCTION agentretry.register_tool(text, agentretry.idempotency_class, agentretry.side_effect_class, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text) IS
+COMMENT ON FUNCTION agentretry.register_tool(text, agentretry.idempotency_class, agentretry.side_effect_class, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text, boolean) IS
 	'register or replace a tool: idempotency, side-effect tier and policy fields (NULL takes the tier default)';
 
 CREATE FUNCTION agentretry.tier_defaults()
@@ -320,7 +344,11 @@ CREATE TABLE agentretry.operations (
 	updated_at timestamptz NOT NULL,
 	completed_at timestamptz,
 	expires_at timestamptz,
-	state_since timestamptz,	-- added by 0.2.0 (ALTER TABLE ... ADD COLUMN), hence last
+	-- added by updates (ALTER TABLE ... ADD COLUMN), hence last: state_since
+	-- by 0.2.0, compensation_of and compensating by 0.4.0
+	state_since timestamptz,
+	compensation_of text,
+	compensating boolean NOT NULL DEFAULT false,
 	PRIMARY KEY (tenant, key)
 );
 COMMENT ON TABLE agentretry.operations IS
@@ -337,6 +365,10 @@ COMMENT ON COLUMN agentretry.operations.expires_at IS
 	'terminal rows may be purged after this time';
 COMMENT ON COLUMN agentretry.operations.state_since IS
 	'when the operation entered its current state (NULL for rows last changed before 0.2.0: see updated_at)';
+COMMENT ON COLUMN agentretry.operations.compensation_of IS
+	'for a compensation (key <step key>:compensate): the key of the step it undoes';
+COMMENT ON COLUMN agentretry.operations.compensating IS
+	'the operation''s run is being compensated: a late success of a step is compensated too, a failed step is not retried, a compensation''s end moves the saga on';
 
 -- The scheduling indexes: operations_retry_due holds only waiting rows by
 -- due time, operations_lease_expiry only leased rows by lease expiry, so
@@ -357,6 +389,10 @@ CREATE INDEX operations_expiry ON agentretry.operations (expires_at)
 	WHERE expires_at IS NOT NULL;
 COMMENT ON INDEX agentretry.operations_expiry IS 'terminal operations by the time they may be purged';
 
+-- A run's operations: its steps and their compensations.
+CREATE INDEX operations_run ON agentretry.operations (tenant, run_id)
+	WHERE run_id IS NOT NULL;
+
 CREATE TABLE agentretry.events (
 	tenant text NOT NULL,
 	id bigint GENERATED ALWAYS AS IDENTITY,
@@ -376,10 +412,15 @@ CREATE TABLE agentretry.events (
 	delay interval,
 	lease_token bigint,
 	owner text,
+	-- added by 0.4.0 (ALTER TABLE ... ADD COLUMN), hence last
+	correlation_id text,
+	actor text,
 	PRIMARY KEY (tenant, id)
 );
 COMMENT ON TABLE agentretry.events IS
 	'append-only trace of decisions: retries, verifications, dead-letters; with agentretry.trace_all also claims, replays and completions';
+COMMENT ON COLUMN agentretry.events.actor IS
+	'the role that acted, for operator actions and approvals';
 
 CREATE INDEX events_at ON agentretry.events (at);
 COMMENT ON INDEX agentretry.events_at IS 'events by time, for the retention purge';
@@ -553,6 +594,7 @@ CREATE TABLE agentretry.tenant_policies (
 	compensate_tool text CHECK (octet_length(compensate_tool) BETWEEN 1 AND 128),
 	created_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
 	updated_at timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+	requires_approval boolean,	-- added by 0.4.0 (ALTER TABLE ... ADD COLUMN), hence last
 	PRIMARY KEY (tenant, tool)
 );
 COMMENT ON TABLE agentretry.tenant_policies IS
@@ -581,7 +623,8 @@ CREATE FUNCTION agentretry.set_tenant_policy(
 	deadline interval DEFAULT NULL,
 	lease interval DEFAULT NULL,
 	ttl interval DEFAULT NULL,
-	compensate_tool text DEFAULT NULL)
+	compensate_tool text DEFAULT NULL,
+	requires_approval boolean DEFAULT NULL)
 RETURNS agentretry.tenant_policies
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
@@ -604,13 +647,13 @@ BEGIN
 
 	INSERT INTO agentretry.tenant_policies AS p
 		(tenant, tool, max_attempts, base_delay, max_delay, multiplier, jitter,
-		 deadline, lease, ttl, compensate_tool)
+		 deadline, lease, ttl, compensate_tool, requires_approval)
 	VALUES
 		(t, k, set_tenant_policy.max_attempts, set_tenant_policy.base_delay,
 		 set_tenant_policy.max_delay, set_tenant_policy.multiplier,
 		 set_tenant_policy.jitter, set_tenant_policy.deadline,
 		 set_tenant_policy.lease, set_tenant_policy.ttl,
-		 set_tenant_policy.compensate_tool)
+		 set_tenant_policy.compensate_tool, set_tenant_policy.requires_approval)
 	ON CONFLICT ON CONSTRAINT tenant_policies_pkey DO UPDATE SET
 		max_attempts = excluded.max_attempts,
 		base_delay = excluded.base_delay,
@@ -621,12 +664,13 @@ BEGIN
 		lease = excluded.lease,
 		ttl = excluded.ttl,
 		compensate_tool = excluded.compensate_tool,
+		requires_approval = excluded.requires_approval,
 		updated_at = pg_catalog.clock_timestamp()
 	RETURNING p.* INTO r;
 	RETURN r;
 END
 $$;
-COMMENT ON FUNCTION agentretry.set_tenant_policy(text, text, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text) IS
+COMMENT ON FUNCTION agentretry.set_tenant_policy(text, text, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text, boolean) IS
 	'set or replace a tenant''s policy override for one tool, or for every tool when tool is NULL';
 
 CREATE FUNCTION agentretry.drop_tenant_policy(tenant text, tool text DEFAULT NULL)
@@ -770,8 +814,9 @@ COMMENT ON FUNCTION agentretry.unschedule_sweep() IS
 -- Every retry (a failure decided as retry by fail, resolve, a claim or
 -- claim_due finding an expired lease, the sweep) is checked, in the
 -- caller's transaction, against
---	 - the run's limit: at most max_retries retry events per run_id
---	   (agentretry.run_max_retries, default 5);
+--	 - the run's limit: at most max_retry_events retry events per run
+--	   (counted in runs.retry_events; NULL: agentretry.run_max_retries,
+--	   default 5);
 --	 - every budget defined for the operation's tenant, owner (scope user)
 --	   and tool: a token bucket (capacity, refill per second, a cost per
 --	   failure class) and/or a ratio budget (retries at most ratio x first
@@ -861,20 +906,6 @@ CREATE INDEX budget_ledger_subject ON agentretry.budget_ledger (tenant, scope, s
 CREATE INDEX budget_ledger_at ON agentretry.budget_ledger (at);
 SELECT pg_catalog.pg_extension_config_dump('agentretry.budget_ledger', '');
 SELECT pg_catalog.pg_extension_config_dump('agentretry.budget_ledger_id_seq', '');
-
--- The per-run limit: retry events so far per run_id.  The sweep drops a
--- run's counter once it has been idle for agentretry.event_retention.
-CREATE TABLE agentretry.run_retries (
-	tenant text NOT NULL,
-	run_id text NOT NULL,
-	retries integer NOT NULL,
-	updated_at timestamptz NOT NULL,
-	PRIMARY KEY (tenant, run_id)
-);
-CREATE INDEX run_retries_updated_at ON agentretry.run_retries (updated_at);
-COMMENT ON TABLE agentretry.run_retries IS
-	'retry events per run, bounded by agentretry.run_max_retries';
-SELECT pg_catalog.pg_extension_config_dump('agentretry.run_retries', '');
 
 -- Backends cache whether any budget exists, so that operations without
 -- budgets pay nothing; every change tells them to ask again.
@@ -1041,6 +1072,137 @@ COMMENT ON VIEW agentretry.budget_status IS
 	'per budget: capacity, balance now, refill rate, costs, ratio, debits and denials in the last hour, last denial';
 
 -- ---------------------------------------------------------------------------
+-- runs, versioned context and compensation (since 0.4.0)
+--
+-- A run is one execution of an agent's multi-step workflow, started by
+-- start_run() or by the first claim of a new key naming it.  Its
+-- retry_events column is the per-run retry limit's counter, checked
+-- against max_retry_events (NULL: the GUC agentretry.run_max_retries).
+-- context_version is the newest checkpoint.  (0.3.0 counted retry events
+-- in a table run_retries, which the update to 0.4.0 merged into runs.)
+-- ---------------------------------------------------------------------------
+CREATE TABLE agentretry.runs (
+	tenant text NOT NULL,
+	run_id text NOT NULL,
+	state agentretry.run_state NOT NULL,
+	workflow_version text,
+	correlation_id text,
+	max_retry_events integer CHECK (max_retry_events >= 0),
+	retry_events integer NOT NULL DEFAULT 0,
+	context_version integer NOT NULL DEFAULT 0,
+	compensate_reason text,
+	started_at timestamptz NOT NULL,
+	updated_at timestamptz NOT NULL,
+	finished_at timestamptz,
+	PRIMARY KEY (tenant, run_id)
+);
+COMMENT ON TABLE agentretry.runs IS
+	'one row per run: state, workflow version, correlation id, retry events used and allowed, newest context version';
+COMMENT ON COLUMN agentretry.runs.max_retry_events IS
+	'retry events allowed in the run; NULL: agentretry.run_max_retries';
+COMMENT ON COLUMN agentretry.runs.updated_at IS
+	'last change; the sweep purges a run idle for agentretry.default_ttl once none of its operations is left';
+CREATE INDEX runs_updated_at ON agentretry.runs (updated_at);
+SELECT pg_catalog.pg_extension_config_dump('agentretry.runs', '');
+
+-- Versioned context: checkpoint() appends version n + 1, context() reads
+-- the newest committed one.  Purged with the run.
+CREATE TABLE agentretry.run_context (
+	tenant text NOT NULL,
+	run_id text NOT NULL,
+	version integer NOT NULL CHECK (version >= 1),
+	step text NOT NULL,
+	context jsonb NOT NULL,
+	created_at timestamptz NOT NULL,
+	PRIMARY KEY (tenant, run_id, version)
+);
+COMMENT ON TABLE agentretry.run_context IS
+	'versions of a run''s shared context, one row per checkpoint; a rolled-back checkpoint leaves none';
+SELECT pg_catalog.pg_extension_config_dump('agentretry.run_context', '');
+
+CREATE FUNCTION agentretry.start_run(
+	run_id text,
+	tenant text DEFAULT NULL,
+	workflow_version text DEFAULT NULL,
+	max_retry_events integer DEFAULT NULL,
+	correlation_id text DEFAULT NULL)
+RETURNS agentretry.run_state
+AS 'MODULE_PATHNAME', 'agentretry_start_run'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.start_run(text, text, text, integer, text) IS
+	'start a run, or return the state of the run already started; AR001 when it was started with another workflow_version';
+
+CREATE FUNCTION agentretry.finish_run(
+	run_id text,
+	tenant text DEFAULT NULL,
+	succeeded boolean DEFAULT true)
+RETURNS agentretry.run_state
+AS 'MODULE_PATHNAME', 'agentretry_finish_run'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.finish_run(text, text, boolean) IS
+	'end a running run as succeeded or failed';
+
+CREATE FUNCTION agentretry.checkpoint(
+	run_id text,
+	step text,
+	context jsonb,
+	tenant text DEFAULT NULL,
+	expected_version integer DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'agentretry_checkpoint'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.checkpoint(text, text, jsonb, text, integer) IS
+	'store the next version of the run''s context and return its number; AR005 when expected_version is not the newest';
+
+CREATE FUNCTION agentretry.context(
+	run_id text,
+	tenant text DEFAULT NULL,
+	version integer DEFAULT NULL)
+RETURNS jsonb
+AS 'MODULE_PATHNAME', 'agentretry_context'
+LANGUAGE C STABLE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.context(text, text, integer) IS
+	'the newest committed context of the run, or the version asked for; NULL when there is none';
+
+CREATE FUNCTION agentretry.compensate(
+	run_id text,
+	tenant text DEFAULT NULL,
+	reason text DEFAULT NULL)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'agentretry_compensate'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.compensate(text, text, text) IS
+	'undo the run''s completed steps in reverse completion order; returns how many compensations it scheduled (0 when called again)';
+
+-- ---------------------------------------------------------------------------
+-- approval gates (since 0.4.0)
+--
+-- Policy field requires_approval (tools, tenant_policies; NULL: true for
+-- destructive tools, else false): the first claim of a new key answers
+-- 'approval' and leaves the operation awaiting_approval until an operator
+-- calls approve() or reject().
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION agentretry.approve(
+	key text,
+	tenant text DEFAULT NULL,
+	note text DEFAULT NULL)
+RETURNS agentretry.operation_state
+AS 'MODULE_PATHNAME', 'agentretry_approve'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.approve(text, text, text) IS
+	'approve an operation awaiting approval, for exactly its stored arguments; it is due at once';
+
+CREATE FUNCTION agentretry.reject(
+	key text,
+	tenant text,
+	reason text)
+RETURNS agentretry.operation_state
+AS 'MODULE_PATHNAME', 'agentretry_reject'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.reject(text, text, text) IS
+	'refuse an operation awaiting approval: it is cancelled (reason rejected)';
+
+-- ---------------------------------------------------------------------------
 -- operator controls and views
 -- ---------------------------------------------------------------------------
 CREATE FUNCTION agentretry.requeue(
@@ -1103,6 +1265,62 @@ WHERE o.state = 'verify';
 COMMENT ON VIEW agentretry.verify_queue IS
 	'operations whose last attempt may or may not have happened: check the target system, then resolve(), requeue() or cancel()';
 
+-- run_status and approval_queue compare states as text (s.state::text =
+-- 'awaiting_approval', ...), not as operation_state values: the update to
+-- 0.4.0 creates them in the transaction that adds the label
+-- awaiting_approval, which cannot be named there as an enum value yet
+-- ("unsafe use of new value").  This script defines them exactly as the
+-- update does, so that an install and an upgrade have the same views.
+CREATE VIEW agentretry.run_status AS
+SELECT r.tenant, r.run_id, r.state, r.workflow_version, r.correlation_id,
+	   r.started_at, r.updated_at, r.finished_at,
+	   coalesce(o.steps, 0) AS steps,
+	   coalesce(o.in_progress, 0) AS in_progress,
+	   coalesce(o.retry_wait, 0) AS retry_wait,
+	   coalesce(o.verify, 0) AS verify,
+	   coalesce(o.awaiting_approval, 0) AS awaiting_approval,
+	   coalesce(o.succeeded, 0) AS succeeded,
+	   coalesce(o.dead, 0) AS dead,
+	   coalesce(o.cancelled, 0) AS cancelled,
+	   r.retry_events AS retry_events_used,
+	   coalesce(r.max_retry_events,
+				pg_catalog.current_setting('agentretry.run_max_retries', true)::integer)
+		   AS retry_events_allowed,
+	   coalesce(o.compensations_pending, 0) AS compensations_pending,
+	   coalesce(o.compensations_done, 0) AS compensations_done,
+	   coalesce(o.compensations_dead, 0) AS compensations_dead,
+	   nullif(r.context_version, 0) AS context_version,
+	   r.compensate_reason
+FROM agentretry.runs r
+LEFT JOIN LATERAL (
+	SELECT count(*) FILTER (WHERE s.compensation_of IS NULL) AS steps,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'in_progress') AS in_progress,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'retry_wait') AS retry_wait,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'verify') AS verify,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'awaiting_approval') AS awaiting_approval,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'succeeded') AS succeeded,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'dead') AS dead,
+		   count(*) FILTER (WHERE s.compensation_of IS NULL AND s.state::text = 'cancelled') AS cancelled,
+		   count(*) FILTER (WHERE s.compensation_of IS NOT NULL
+							  AND s.state::text NOT IN ('succeeded', 'dead', 'cancelled')) AS compensations_pending,
+		   count(*) FILTER (WHERE s.compensation_of IS NOT NULL AND s.state::text = 'succeeded') AS compensations_done,
+		   count(*) FILTER (WHERE s.compensation_of IS NOT NULL
+							  AND s.state::text IN ('dead', 'cancelled')) AS compensations_dead
+	FROM agentretry.operations s
+	WHERE s.tenant = r.tenant AND s.run_id = r.run_id) o ON true;
+COMMENT ON VIEW agentretry.run_status IS
+	'per run: state, workflow version, times, steps by state, retry events used and allowed, compensations pending / done / dead, newest context version';
+
+CREATE VIEW agentretry.approval_queue AS
+SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
+	   coalesce(o.state_since, o.created_at) AS since,
+	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
+	   o.run_id, o.step
+FROM agentretry.operations o
+WHERE o.state::text = 'awaiting_approval';
+COMMENT ON VIEW agentretry.approval_queue IS
+	'operations waiting for a person''s approve() or reject(): what, asked by whom, since when, with its arguments';
+
 -- ---------------------------------------------------------------------------
 -- privileges: nothing for PUBLIC
 --
@@ -1137,7 +1355,8 @@ TO agentretry_agent, agentretry_operator, agentretry_admin;
 GRANT SELECT ON agentretry.tools, agentretry.tenant_policies, agentretry.budgets
 TO agentretry_agent, agentretry_operator, agentretry_admin;
 
--- agents: the operation's lifecycle
+-- agents: the operation's lifecycle, and runs with their context and
+-- compensation
 GRANT EXECUTE ON FUNCTION
 	agentretry.claim(text, jsonb, text, text, text, text, interval, text),
 	agentretry.complete(text, bigint, jsonb, text, text, jsonb),
@@ -1145,25 +1364,36 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.resolve(text, bigint, boolean, jsonb, text),
 	agentretry.heartbeat(text, bigint, interval, text),
 	agentretry.release(text, bigint, text),
-	agentretry.claim_due(text, integer, text[], text, interval)
+	agentretry.claim_due(text, integer, text[], text, interval),
+	agentretry.start_run(text, text, text, integer, text),
+	agentretry.finish_run(text, text, boolean),
+	agentretry.checkpoint(text, text, jsonb, text, integer),
+	agentretry.context(text, text, integer),
+	agentretry.compensate(text, text, text)
 TO agentretry_agent;
 
--- operators: the sweep, requeue and cancel, and reading everything
+-- operators: the sweep, requeue and cancel, a run's context and its
+-- compensation, approvals, and reading everything
 GRANT EXECUTE ON FUNCTION
 	agentretry.sweep(integer),
 	agentretry.requeue(text, text, boolean),
-	agentretry.cancel(text, text, text)
+	agentretry.cancel(text, text, text),
+	agentretry.context(text, text, integer),
+	agentretry.compensate(text, text, text),
+	agentretry.approve(text, text, text),
+	agentretry.reject(text, text, text)
 TO agentretry_operator;
 GRANT SELECT ON agentretry.operations, agentretry.events, agentretry.token_floors,
 	agentretry.in_flight, agentretry.dead_letters, agentretry.verify_queue,
-	agentretry.budget_stripes, agentretry.budget_ledger, agentretry.run_retries,
-	agentretry.budget_status
+	agentretry.budget_stripes, agentretry.budget_ledger, agentretry.budget_status,
+	agentretry.runs, agentretry.run_context, agentretry.run_status,
+	agentretry.approval_queue
 TO agentretry_operator;
 
 -- admins: tools, tenant policies, budgets and the pg_cron job
 GRANT EXECUTE ON FUNCTION
-	agentretry.register_tool(text, agentretry.idempotency_class, agentretry.side_effect_class, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text),
-	agentretry.set_tenant_policy(text, text, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text),
+	agentretry.register_tool(text, agentretry.idempotency_class, agentretry.side_effect_class, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text, boolean),
+	agentretry.set_tenant_policy(text, text, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text, boolean),
 	agentretry.drop_tenant_policy(text, text),
 	agentretry.set_budget(text, agentretry.budget_scope, text, double precision, double precision, double precision, double precision, double precision, interval, integer, integer),
 	agentretry.drop_budget(text, agentretry.budget_scope, text),
