@@ -9,8 +9,10 @@
 #   cycle  the retry cycle fail -> claim_due -> complete: raw and agentretry
 #   sweep  one sweep of the same due rows in tables of different sizes
 #   budget the retry cycle with and without the tenant's retry budgets
+#   runs   claim -> complete of keys that are steps of a run, and of keys
+#          that are not
 #
-#   BENCH_PARTS          subset of: core cycle sweep budget       (default all)
+#   BENCH_PARTS          subset of: core cycle sweep budget runs  (default all)
 #   BENCH_SECONDS        duration of each pgbench run             (default 20)
 #   BENCH_ROUNDS         runs per implementation and setting      (default 2)
 #   BENCH_CLIENTS        pgbench clients                          (default 8)
@@ -39,7 +41,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
-BENCH_PARTS=${BENCH_PARTS:-core cycle budget sweep}
+BENCH_PARTS=${BENCH_PARTS:-core cycle budget runs sweep}
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_CLIENTS=${BENCH_CLIENTS:-8}
@@ -62,7 +64,7 @@ has_part() {
 	case " $BENCH_PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
 }
 for part in $BENCH_PARTS; do
-	case $part in core | cycle | budget | sweep) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle budget sweep)" >&2; exit 1 ;; esac
+	case $part in core | cycle | budget | runs | sweep) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle budget runs sweep)" >&2; exit 1 ;; esac
 done
 
 # the pgbench workloads of the parts asked for, and who runs each
@@ -70,10 +72,12 @@ workloads=""
 has_part core && workloads="$BENCH_WORKLOADS"
 has_part cycle && workloads="$workloads cycle"
 has_part budget && workloads="$workloads budget"
+has_part runs && workloads="$workloads runs"
 impls_of() {
 	case $1 in
 		cycle) echo "raw agentretry" ;;
 		budget) echo "none tenant budgets" ;;
+		runs) echo "plain run" ;;
 		*) echo "raw agentretry plpgsql" ;;
 	esac
 }
@@ -87,7 +91,7 @@ rm -rf "$logdir"
 mkdir -p "$logdir"
 
 command_line="BENCH_PARTS='$BENCH_PARTS'"
-has_part core || has_part cycle || has_part budget &&
+has_part core || has_part cycle || has_part budget || has_part runs &&
 	command_line="$command_line BENCH_SECONDS=$BENCH_SECONDS BENCH_ROUNDS=$BENCH_ROUNDS BENCH_CLIENTS=$BENCH_CLIENTS BENCH_THREADS=$BENCH_THREADS BENCH_SYNC='$BENCH_SYNC'"
 has_part core &&
 	command_line="$command_line BENCH_REPLAY_KEYS=$BENCH_REPLAY_KEYS BENCH_WORKLOADS='$BENCH_WORKLOADS'"
@@ -201,7 +205,13 @@ SQL
 	done
 fi
 
-if has_part core || has_part cycle || has_part budget; then
+if has_part runs; then
+	echo "setting up runs: one run per client"
+	psql_q -c "SELECT count(agentretry.start_run('bench-run-' || c, workflow_version => 'bench'))
+		FROM generate_series(0, $BENCH_CLIENTS - 1) c" >/dev/null
+fi
+
+if has_part core || has_part cycle || has_part budget || has_part runs; then
 	psql_q -c "VACUUM ANALYZE"
 fi
 
@@ -468,6 +478,25 @@ if has_part budget; then
 	}' "$runs")
 fi
 
+# Runs: claim -> complete of steps of a run at least 0.9x the same
+# without runs.
+runs_table=""
+if has_part runs; then
+	runs_table=$(awk -F'\t' -v syncs="$BENCH_SYNC" '
+	$1 == "runs" { sum[$2, $3] += $5; n[$2, $3]++ }
+	function mean(s, i) { return sum[s, i] / n[s, i] }
+	END {
+		print "| workload | sync commit | tps without runs | tps steps of a run | x without runs | target | met? |"
+		print "|---|---|---:|---:|---:|---|---|"
+		ns = split(syncs, ss, " ")
+		for (b = 1; b <= ns; b++) {
+			s = ss[b]; r = mean(s, "plain"); e = mean(s, "run"); vr = e / r
+			printf "| claim -> complete, new keys, two commits, each a step of a run | %s | %.0f | %.0f | %.2f | >= 0.90x | %s |\n",
+				s, r, e, vr, (vr >= 0.90) ? "yes" : "NO"
+		}
+	}' "$runs")
+fi
+
 # The sweep: median time per size and the ratio of each size to the
 # smallest; target: the largest at most 1.3x the smallest.
 sweep_table=""
@@ -513,7 +542,7 @@ facts=$(
 - server: $(psql_q -At -c "SELECT version()" | cut -d, -f1); shared_buffers $(psql_q -At -c "SHOW shared_buffers"), fsync on, server and pgbench on the same host
 - agentretry: commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$root" diff --quiet HEAD -- src sql 2>/dev/null || echo " with uncommitted changes in src/ or sql/"), extension $(psql_q -At -c "SELECT extversion FROM pg_extension WHERE extname = 'agentretry'"), $so_note
 FACTS
-	if has_part core || has_part cycle || has_part budget; then
+	if has_part core || has_part cycle || has_part budget || has_part runs; then
 		echo "- pgbench: -M prepared -c $BENCH_CLIENTS -j $BENCH_THREADS -T $BENCH_SECONDS, $BENCH_ROUNDS round(s) per cell in mirrored order, mean tps; synchronous_commit set per connection (PGOPTIONS)"
 	fi
 	if has_part core; then
@@ -538,6 +567,10 @@ report() {
 	fi
 	if [ -n "$budget_table" ]; then
 		echo "$budget_table"
+		echo
+	fi
+	if [ -n "$runs_table" ]; then
+		echo "$runs_table"
 		echo
 	fi
 	if [ -n "$sweep_table" ]; then
