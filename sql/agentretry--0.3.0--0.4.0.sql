@@ -58,6 +58,8 @@ COMMENT ON COLUMN agentretry.runs.max_retry_events IS
 COMMENT ON COLUMN agentretry.runs.updated_at IS
 	'last change; the sweep purges a run idle for agentretry.default_ttl once none of its operations is left';
 CREATE INDEX runs_updated_at ON agentretry.runs (updated_at);
+-- the sweep advances the sagas of runs being compensated
+CREATE INDEX runs_compensating ON agentretry.runs (updated_at) WHERE state = 'compensating';
 SELECT pg_catalog.pg_extension_config_dump('agentretry.runs', '');
 
 -- The counters of 0.3.0 and the runs its operations name become runs.
@@ -291,6 +293,18 @@ LANGUAGE C STABLE SECURITY DEFINER;
 COMMENT ON FUNCTION agentretry.context(text, text, integer) IS
 	'the newest committed context of the run, or the version asked for; NULL when there is none';
 
+-- The GUC's value; run_status calls it, which loads the library that
+-- defines the setting (current_setting() would not).
+CREATE FUNCTION agentretry.run_max_retries()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'agentretry_run_max_retries'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION agentretry.run_max_retries() IS
+	'the value of agentretry.run_max_retries: retry events allowed to a run that sets no max_retry_events';
+REVOKE ALL ON FUNCTION agentretry.run_max_retries() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agentretry.run_max_retries()
+TO agentretry_agent, agentretry_operator, agentretry_admin;
+
 CREATE FUNCTION agentretry.compensate(
 	run_id text,
 	tenant text DEFAULT NULL,
@@ -345,7 +359,7 @@ SELECT r.tenant, r.run_id, r.state, r.workflow_version, r.correlation_id,
 	   coalesce(o.cancelled, 0) AS cancelled,
 	   r.retry_events AS retry_events_used,
 	   coalesce(r.max_retry_events,
-				pg_catalog.current_setting('agentretry.run_max_retries', true)::integer)
+				agentretry.run_max_retries())
 		   AS retry_events_allowed,
 	   coalesce(o.compensations_pending, 0) AS compensations_pending,
 	   coalesce(o.compensations_done, 0) AS compensations_done,

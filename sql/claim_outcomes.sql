@@ -12,7 +12,9 @@ SELECT name FROM agentretry.register_tool('co_fast', 'idempotent', 'read',
 	base_delay => '0', max_delay => '0');
 SELECT name FROM agentretry.register_tool('co_nonidem', 'non_idempotent', 'write',
 	lease => '45 seconds');
-SELECT name FROM agentretry.register_tool('co_destr', 'idempotent', 'destructive');
+-- without an approval gate: the expired-lease rules of the tier are tested here
+SELECT name FROM agentretry.register_tool('co_destr', 'idempotent', 'destructive',
+	requires_approval => false);
 SELECT name FROM agentretry.register_tool('co_once', 'idempotent', 'write',
 	max_attempts => 1);
 SELECT name FROM agentretry.register_tool('co_deadline', 'idempotent', 'write',

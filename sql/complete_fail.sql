@@ -9,7 +9,9 @@ SELECT name FROM agentretry.register_tool('cf_idem', 'idempotent', 'write',
 SELECT name FROM agentretry.register_tool('cf_nonidem', 'non_idempotent', 'write',
 	max_attempts => 1, deadline => '1 minute');
 SELECT name FROM agentretry.register_tool('cf_nonidem_w', 'non_idempotent', 'write');
-SELECT name FROM agentretry.register_tool('cf_destr', 'idempotent', 'destructive');
+-- without an approval gate: rule 0 is tested on the first attempt
+SELECT name FROM agentretry.register_tool('cf_destr', 'idempotent', 'destructive',
+	requires_approval => false);
 SELECT name FROM agentretry.register_tool('cf_ttl', 'idempotent', 'read', ttl => '2 days');
 SELECT name FROM agentretry.register_tool('cf_deadline', 'idempotent', 'write',
 	base_delay => '1 hour', max_delay => '2 hours', jitter => 'none',

@@ -11,7 +11,9 @@ SELECT name FROM agentretry.register_tool('sc_fast', 'idempotent', 'read',
 SELECT name FROM agentretry.register_tool('sc_slow', 'idempotent', 'read',
 	base_delay => '1 hour', max_delay => '1 hour', jitter => 'none');
 SELECT name FROM agentretry.register_tool('sc_nonidem', 'non_idempotent', 'write');
-SELECT name FROM agentretry.register_tool('sc_destr', 'idempotent', 'destructive');
+-- without an approval gate: an expired lease is tested on the first attempt
+SELECT name FROM agentretry.register_tool('sc_destr', 'idempotent', 'destructive',
+	requires_approval => false);
 SELECT name FROM agentretry.register_tool('sc_loop', 'idempotent', 'read',
 	max_attempts => 3, base_delay => '10 minutes', max_delay => '15 minutes',
 	jitter => 'equal');

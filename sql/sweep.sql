@@ -16,6 +16,8 @@ BEGIN
 	DELETE FROM agentretry.operations;
 	DELETE FROM agentretry.tenant_policies;
 	DELETE FROM agentretry.token_floors;
+	DELETE FROM agentretry.run_context;
+	DELETE FROM agentretry.runs;
 END
 $$;
 
@@ -25,7 +27,9 @@ SELECT name FROM agentretry.register_tool('sw_slow', 'idempotent', 'read',
 	base_delay => '1 hour', max_delay => '1 hour', jitter => 'none');
 SELECT name FROM agentretry.register_tool('sw_once', 'idempotent', 'read', max_attempts => 1);
 SELECT name FROM agentretry.register_tool('sw_nonidem', 'non_idempotent', 'write');
-SELECT name FROM agentretry.register_tool('sw_destr', 'idempotent', 'destructive');
+-- without an approval gate: the sweep's rule 0 is tested on the first attempt
+SELECT name FROM agentretry.register_tool('sw_destr', 'idempotent', 'destructive',
+	requires_approval => false);
 
 -- the rows of one tenant, to show what a sweep changed
 CREATE FUNCTION sw_rows(t text)

@@ -491,13 +491,14 @@ ledger_flush(LedgerRows *rows)
 }
 
 /*
- * A run's limit is its max_retry_events, else the GUC ($4).  The run
- * exists (claims start it); should it not, the retry starts it.
+ * A run's limit is its max_retry_events, else the GUC ($4).  Should the
+ * run not exist (claims start it, and it is purged only with its last
+ * operation), the retry starts it, counted against the GUC.
  */
 static ArPlan run_debit_plan = {
 	"INSERT INTO agentretry.runs AS r"
 	" (tenant, run_id, state, retry_events, started_at, updated_at)"
-	" SELECT $1, $2, 'running', 1, $3, $3 WHERE $4 > 0"
+	" VALUES ($1, $2, 'running', CASE WHEN $4 > 0 THEN 1 ELSE 0 END, $3, $3)"
 	" ON CONFLICT (tenant, run_id) DO UPDATE"
 	" SET retry_events = r.retry_events + 1, updated_at = $3"
 	" WHERE r.retry_events < coalesce(r.max_retry_events, $4)"
@@ -514,12 +515,16 @@ static bool
 run_debit(const Operation *op, TimestampTz now)
 {
 	Datum		values[4];
+	bool		isnull;
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->run_id);
 	values[2] = TimestampTzGetDatum(now);
 	values[3] = Int32GetDatum(ar_run_max_retries);
-	return ar_run(&run_debit_plan, values, NULL, false) > 0;
+	if (ar_run(&run_debit_plan, values, NULL, false) == 0)
+		return false;
+	/* a run started here with a limit of 0 counted nothing: denied */
+	return DatumGetInt32(first_value(&isnull)) > 0;
 }
 
 static ArPlan run_refund_plan = {

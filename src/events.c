@@ -57,7 +57,9 @@ record_event(const EventData *ev)
 	param_text(values, nulls, 4, op->tool);
 	param_text(values, nulls, 5, op->run_id);
 	param_text(values, nulls, 6, op->step);
+	/* an event of a run itself (no key) has no attempt */
 	values[7] = Int32GetDatum(op->attempts);
+	nulls[7] = op->key ? ' ' : 'n';
 	param_label(values, nulls, 8, failure_class_labels, ev->failure_class);
 	param_label(values, nulls, 9, failure_phase_labels, ev->failure_phase);
 	param_text(values, nulls, 10, ev->code);

@@ -78,8 +78,9 @@ PG_FUNCTION_INFO_V1(agentretry_release);
  * release(key text, lease_token bigint, tenant text DEFAULT NULL) returns void
  *
  * Gives the lease back before acting.  An execution lease's attempt does
- * not count and the operation is due again at once; a verification lease
- * leaves the operation awaiting verification.
+ * not count and the operation is due again at once (a step of a run being
+ * compensated is cancelled instead); a verification lease leaves the
+ * operation awaiting verification.
  */
 Datum
 agentretry_release(PG_FUNCTION_ARGS)
@@ -94,7 +95,14 @@ agentretry_release(PG_FUNCTION_ARGS)
 	ar_spi_begin(&spi);
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = TS_NONE;
-	if (op.state == OP_IN_PROGRESS)
+	learn_run_state(&op);
+	if (op.state == OP_IN_PROGRESS && op.compensating && op.compensation_of == NULL)
+	{
+		/* a step of a run being undone is not started again */
+		operation_set_terminal(&op, OP_CANCELLED, "compensating");
+		record_simple_event("cancel", &op, "compensating", now);
+	}
+	else if (op.state == OP_IN_PROGRESS)
 	{
 		op.state = OP_RETRY_WAIT;
 		op.attempts--;

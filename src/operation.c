@@ -67,10 +67,13 @@
 	"(SELECT t." field " FROM agentretry.tools t WHERE t.name = " tool ")"
 
 /*
- * The fencing check is the WHERE clause.  An operation of a run being
- * compensated is refused here unless $10 (late) says the caller holds its
- * row lock and handles the saga (see outcome.c), so that the common case
- * needs no RETURNING and no read of the run.
+ * The fencing check is the WHERE clause: the newest token, of an operation
+ * that was attempted (a token stored for an operation awaiting approval or
+ * a pending compensation was never handed out) and is not terminal.  A
+ * step of a run that is no longer running (being compensated, or
+ * finished) is refused here unless $10 (late) says the caller holds its
+ * row lock and has looked at the run (outcome.c): the common case, an
+ * operation of no run, needs no RETURNING and no read of a run.
  */
 #define COMPLETE_SQL(ttl) \
 	"UPDATE agentretry.operations o SET" \
@@ -81,7 +84,10 @@
 	" expires_at = $8 + coalesce(" ttl ", $9)" \
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
 	" AND o.state IN ('in_progress', 'retry_wait', 'verify')" \
-	" AND (NOT o.compensating OR $10)"
+	" AND o.first_attempt_at IS NOT NULL" \
+	" AND ($10 OR (NOT o.compensating AND (o.run_id IS NULL OR NOT EXISTS (" \
+	"  SELECT FROM agentretry.runs r WHERE r.tenant = o.tenant" \
+	"  AND r.run_id = o.run_id AND r.state <> 'running'))))"
 
 /*
  * A new key: leased as attempt 1, or, when its policy requires approval
@@ -153,14 +159,14 @@ static ArPlan store_plan = {
 	" last_failure_phase = $12::agentretry.failure_phase,"
 	" last_failure_code = $13, last_failure_message = $14,"
 	" last_delay = $15, reason = $16, completed_at = $17,"
-	" expires_at = $18, updated_at = $19, deadline = $20,"
+	" expires_at = $18, updated_at = $19, deadline = $20, compensating = $21,"
 	" state_since = CASE WHEN state = $3::agentretry.operation_state"
 	"                    THEN state_since ELSE $19 END"
 	" WHERE tenant = $1 AND key = $2",
-	20, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
+	21, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
+	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID}
 };
 
 /*
@@ -332,6 +338,7 @@ fill_operation(Operation *op, Datum *v, bool *n)
 	op->step = n[19] ? NULL : TextDatumGetCString(v[19]);
 	op->compensation_of = n[20] ? NULL : TextDatumGetCString(v[20]);
 	op->compensating = !n[21] && DatumGetBool(v[21]);
+	op->run_checked = false;
 }
 
 /*
@@ -457,6 +464,7 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	op->has_result = false;
 	op->compensation_of = NULL;
 	op->compensating = false;
+	op->run_checked = true;		/* its claim joined the running run */
 	return true;
 }
 
@@ -470,8 +478,8 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 void
 operation_store(const Operation *op, TimestampTz now)
 {
-	Datum		values[20];
-	char		nulls[20];
+	Datum		values[21];
+	char		nulls[21];
 	bool		terminal = op_state_terminal(op->state);
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -495,6 +503,7 @@ operation_store(const Operation *op, TimestampTz now)
 	param_ts(values, nulls, 17, terminal ? ts_add_usec(now, op->policy.ttl) : TS_NONE);
 	values[18] = TimestampTzGetDatum(now);
 	param_ts(values, nulls, 19, op->deadline);
+	values[20] = BoolGetDatum(op->compensating);
 
 	if (ar_run(&store_plan, values, nulls, false) != 1)
 		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
@@ -604,4 +613,14 @@ operation_last_error(const Operation *op)
 	json_field(&buf, "reason", op->reason, false);
 	appendStringInfoChar(&buf, '}');
 	return DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(buf.data)));
+}
+
+/* Make op terminal (the caller stores it): no lease, no due time. */
+void
+operation_set_terminal(Operation *op, OpState state, const char *reason)
+{
+	op->state = state;
+	op->reason = (char *) reason;
+	op->lease_expires_at = TS_NONE;
+	op->next_attempt_at = TS_NONE;
 }

@@ -39,6 +39,7 @@ typedef struct Operation
 	char	   *step;
 	char	   *compensation_of;	/* the step a compensation undoes */
 	bool		compensating;	/* its run is being compensated */
+	bool		run_checked;	/* the run's state was looked at (transition.c) */
 	Policy		policy;			/* filled by the locking reads */
 } Operation;
 
@@ -73,5 +74,7 @@ extern bool operation_complete(Operation *op, int64 lease_token,
 							   bool late, TimestampTz now);
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
+extern void operation_set_terminal(Operation *op, OpState state,
+								   const char *reason);
 
 #endif							/* AGENTRETRY_OPERATION_H */

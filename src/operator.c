@@ -44,11 +44,13 @@ report_operator_state(const char *action, const Operation *op,
 
 /* the event of an operator action names the operator, not a worker */
 static void
-trace_operator(const char *kind, Operation *op, const char *reason,
+trace_operator(const char *kind, const Operation *op, const char *reason,
 			   TimestampTz now)
 {
-	op->lease_owner = GetUserNameFromId(GetOuterUserId(), false);
-	record_simple_event(kind, op, reason, now);
+	Operation	traced = *op;
+
+	traced.lease_owner = current_actor();
+	record_actor_event(kind, &traced, reason, NULL, now);
 }
 
 static Datum
@@ -70,9 +72,12 @@ PG_FUNCTION_INFO_V1(agentretry_requeue);
  * resolved, say); the deadline restarts from now; with reset_attempts the
  * attempt count and backoff start again too, else the next attempt is
  * counted after the earlier ones (so a requeue of an operation that used
- * up max_attempts gives it one more attempt).  Raises AR004 for a succeeded
- * operation (its effect happened: claim a new key to act again), one held
- * under a live lease, and one being verified.
+ * up max_attempts gives it one more attempt).  A compensation goes back to
+ * its saga's queue (pending, due in its turn); an operation of a gated
+ * tool that was never attempted (rejected, say) waits for approval again.
+ * Raises AR004 for a succeeded operation (its effect happened: claim a new
+ * key to act again), one held under a live lease, one being verified, one
+ * awaiting approval, and a step of a run being compensated.
  */
 Datum
 agentretry_requeue(PG_FUNCTION_ARGS)
@@ -102,6 +107,16 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_AR_INVALID_STATE),
 				 errmsg("cannot requeue operation \"%s\" while it is being verified", key),
 				 errhint("Wait for the verifier to resolve it or for its lease to end.")));
+	if (op.state == OP_AWAITING_APPROVAL)
+		report_operator_state("requeue", &op,
+							  "It waits for a person: approve() or reject() it.");
+	learn_run_state(&op);
+	if (op.compensating && op.compensation_of == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_INVALID_STATE),
+				 errmsg("cannot requeue operation \"%s\" because its run is being compensated", key),
+				 errdetail("Run \"%s\" is undoing its steps.", op.run_id),
+				 errhint("Start a new run to do the step again.")));
 
 	op.state = OP_RETRY_WAIT;
 	op.next_attempt_at = now;
@@ -109,15 +124,30 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 	op.lease_owner = NULL;
 	op.lease_expires_at = TS_NONE;
 	op.reason = "requeued";
-	op.deadline = op.policy.deadline != USEC_NONE ?
+	if (op.compensation_of != NULL)
+	{
+		/* back in the saga's queue: it falls due in its turn */
+		op.next_attempt_at = TS_NONE;
+		op.reason = "compensation_pending";
+	}
+	else if (op.policy.requires_approval && op.first_attempt_at == TS_NONE)
+	{
+		/* never attempted (rejected, say): a person must approve it again */
+		op.state = OP_AWAITING_APPROVAL;
+		op.next_attempt_at = TS_NONE;
+		op.reason = "approval_required";
+	}
+	/* a deadline runs from the first attempt: none yet for one never tried */
+	op.deadline = op.policy.deadline != USEC_NONE && op.first_attempt_at != TS_NONE ?
 		ts_add_usec(now, op.policy.deadline) : TS_NONE;
 	if (reset)
 	{
 		op.attempts = 0;
 		op.last_delay = USEC_NONE;
 	}
-	transition_store(&op, now);
+	/* traced before the saga (if any) moves on with the change */
 	trace_operator("requeue", &op, reset ? "requeued_reset" : "requeued", now);
+	transition_store(&op, now);
 	result = state_datum(fcinfo, op.state);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
@@ -154,8 +184,8 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 							  "Its effect happened; compensate it instead if it must be undone." :
 							  "Nothing is left to cancel.");
 	operation_set_terminal(&op, OP_CANCELLED, reason);
-	transition_store(&op, now);
 	trace_operator("cancel", &op, reason, now);
+	transition_store(&op, now);
 	result = state_datum(fcinfo, op.state);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);

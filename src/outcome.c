@@ -28,8 +28,9 @@
 
 /*
  * The fast UPDATE of complete() changed nothing.  Either the fencing check
- * failed (say why), or the operation belongs to a run being compensated:
- * complete it under its row lock and move the saga on.
+ * failed (say why), or the operation is a step of a run that is no longer
+ * running: complete it under its row lock, and if the run is being
+ * compensated, move the saga on (the late success is undone too).
  */
 static void
 complete_refused(Operation *done, int64 lease_token, Jsonb *result,
@@ -43,18 +44,20 @@ complete_refused(Operation *done, int64 lease_token, Jsonb *result,
 	if (!operation_peek(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	check_fencing(&op, lease_token);
-	if (op.compensating)
+	if (op.run_id != NULL)
 	{
 		if (!operation_load(tenant, key, &op))
 			report_unknown_key(tenant, key);
 		check_fencing(&op, lease_token);
 		now = GetCurrentTimestamp();	/* after any wait for the row lock */
+		learn_run_state(&op);
 		if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
 								compensate_args, false, true, now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		if (ar_trace_all)
 			record_simple_event("complete", &op, NULL, now);
-		saga_succeeded(&op, now);
+		if (op.compensating)
+			saga_succeeded(&op, now);
 		return;
 	}
 	/* the row changed between the UPDATE and this read */
@@ -228,6 +231,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 						key, op_state_labels[op.state]),
 				 errhint("Only an operation awaiting verification can be resolved.")));
 
+	learn_run_state(&op);
 	if (executed)
 	{
 		if (!operation_complete(&op, lease_token, result, "verified_executed",

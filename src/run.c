@@ -14,10 +14,8 @@
  * Locks: checkpoint() bumps the run's context_version with one UPDATE
  * (FOR NO KEY UPDATE on the run's row until commit), so concurrent
  * checkpoints of one run are serialised and a stale expected_version is
- * seen after the wait.  compensate() locks the run's steps, then the run
- * FOR UPDATE (waiting for claims that are starting steps in it), then the
- * steps again, in that order, the order in which a failing step locks its
- * row and then the run's retry counter.
+ * seen after the wait.  compensate() locks the run FOR NO KEY UPDATE and
+ * touches its steps only with SKIP LOCKED (saga.c).
  *
  * src/run.c
  *
@@ -77,22 +75,10 @@ static ArPlan context_plan = {
 	3, {TEXTOID, TEXTOID, INT4OID}
 };
 
-/* the run's steps (not its compensations), oldest completion first */
-static ArPlan lock_steps_plan = {
-	"SELECT " AR_OP_SELECT " FROM agentretry.operations o" AR_POLICY_JOINS
-	" WHERE o.tenant = $1 AND o.run_id = $2 AND o.compensation_of IS NULL"
-	" ORDER BY o.completed_at NULLS LAST, o.key FOR UPDATE OF o",
-	2, {TEXTOID, TEXTOID}
-};
-
-static ArPlan mark_compensating_plan = {
-	"UPDATE agentretry.operations SET compensating = true"
-	" WHERE tenant = $1 AND key = $2",
-	2, {TEXTOID, TEXTOID}
-};
-
-static ArPlan compensate_reason_plan = {
-	"UPDATE agentretry.runs SET compensate_reason = $3 WHERE tenant = $1 AND run_id = $2",
+static ArPlan begin_compensation_plan = {
+	"UPDATE agentretry.runs SET state = 'compensating', compensate_reason = $3,"
+	" finished_at = NULL, updated_at = pg_catalog.clock_timestamp()"
+	" WHERE tenant = $1 AND run_id = $2",
 	3, {TEXTOID, TEXTOID, TEXTOID}
 };
 
@@ -350,47 +336,6 @@ agentretry_context(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(result);
 }
 
-/* lock the run's steps; returns how many (SPI_tuptable holds them) */
-static uint64
-lock_steps(Datum *values)
-{
-	return ar_run(&lock_steps_plan, values, NULL, false);
-}
-
-/*
- * Act on one locked step of a run turning to compensating: a waiting
- * retry or approval is cancelled, a step in flight is marked (and waited
- * for), a succeeded one gets its compensation.  Returns how many
- * compensations were scheduled.
- */
-static int
-compensate_step(Operation *op, TimestampTz now)
-{
-	Datum		values[2];
-
-	switch (op->state)
-	{
-		case OP_RETRY_WAIT:
-		case OP_AWAITING_APPROVAL:
-			operation_set_terminal(op, OP_CANCELLED, "compensating");
-			operation_store(op, now);
-			record_simple_event("cancel", op, "compensating", now);
-			return 0;
-		case OP_IN_PROGRESS:
-		case OP_VERIFY:
-			values[0] = CStringGetTextDatum(op->tenant);
-			values[1] = CStringGetTextDatum(op->key);
-			ar_run(&mark_compensating_plan, values, NULL, false);
-			return 0;
-		case OP_SUCCEEDED:
-			return saga_schedule(op->tenant, op->key, now);
-		case OP_DEAD:
-		case OP_CANCELLED:
-			return 0;
-	}
-	return 0;
-}
-
 PG_FUNCTION_INFO_V1(agentretry_compensate);
 
 /*
@@ -412,56 +357,42 @@ agentretry_compensate(PG_FUNCTION_ARGS)
 	char	   *tenant = arg_tenant(fcinfo, 1);
 	char	   *reason = arg_optional_text(fcinfo, 2, "reason");
 	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	Run			run;
 	TimestampTz now;
 	int			scheduled = 0;
-	uint64		n;
-	uint64		i;
-	SPITupleTable *steps;
 	ArSpi		spi;
 
-	values[0] = CStringGetTextDatum(tenant);
-	values[1] = CStringGetTextDatum(run_id);
-
 	ar_spi_begin(&spi);
-	if (!run_read(tenant, run_id, RUN_LOCK_NONE, &run))
+	if (!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE, &run))
 		report_unknown_run(tenant, run_id);
 	if (run.state == RUN_RUNNING || run.state == RUN_SUCCEEDED ||
 		run.state == RUN_FAILED)
 	{
-		/* steps first, then the run: the order a failing step locks them */
-		lock_steps(values);
-		if (!run_read(tenant, run_id, RUN_LOCK_UPDATE, &run))
-			report_unknown_run(tenant, run_id);
+		now = GetCurrentTimestamp();	/* after any wait for the run's lock */
+		values[0] = CStringGetTextDatum(tenant);
+		values[1] = CStringGetTextDatum(run_id);
+		param_text(values, nulls, 2, reason);
+		ar_run(&begin_compensation_plan, values, nulls, false);
+		record_run_event("compensate", tenant, run_id, reason, true, now);
+		scheduled = saga_advance(tenant, run_id, now);
 	}
-	if (run.state != RUN_RUNNING && run.state != RUN_SUCCEEDED &&
-		run.state != RUN_FAILED)
-	{
-		ar_spi_end(&spi);
-		PG_RETURN_INT32(0);
-	}
-
-	now = GetCurrentTimestamp();	/* after the waits for locks */
-	run_set_state(tenant, run_id, RUN_COMPENSATING, now);
-	if (reason)
-	{
-		values[2] = CStringGetTextDatum(reason);
-		ar_run(&compensate_reason_plan, values, NULL, false);
-	}
-	record_run_event("compensate", tenant, run_id, reason, true, now);
-
-	/* again: steps that claims started while we waited for the run */
-	n = lock_steps(values);
-	steps = SPI_tuptable;
-	for (i = 0; i < n; i++)
-	{
-		Operation	op;
-
-		memset(&op, 0, sizeof(op));
-		operation_from_row(steps->vals[i], steps->tupdesc, &op);
-		scheduled += compensate_step(&op, now);
-	}
-	saga_advance(tenant, run_id, now);
 	ar_spi_end(&spi);
 	PG_RETURN_INT32(scheduled);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_run_max_retries);
+
+/*
+ * run_max_retries() returns integer
+ *
+ * The value of agentretry.run_max_retries, the retry events allowed to a
+ * run that does not set max_retry_events.  A function rather than
+ * current_setting() in run_status, because calling it loads the library
+ * that defines the setting.
+ */
+Datum
+agentretry_run_max_retries(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_INT32(ar_run_max_retries);
 }

@@ -4,12 +4,14 @@
  *	  Rows of agentretry.runs: the run a claim joins, reading and locking
  *	  a run, and its state changes.
  *
- * Locks: a claim of a new key in a run holds FOR KEY SHARE on the run's
- * row until it commits (run_join); compensate() takes FOR UPDATE, which
- * waits for those claims, so that no step can start unseen while a run
- * turns to compensating.  Changes of the run's other columns (the retry
- * counter, the context version, start_run filling in a workflow version)
- * take FOR NO KEY UPDATE, which does not conflict with claims.
+ * Locks: changes of a run (its state, the retry counter, the context
+ * version, start_run filling in a workflow version) lock its row FOR NO
+ * KEY UPDATE, held to the end of the transaction.  A caller may hold an
+ * operation's row lock and then lock its run (a failure debiting the
+ * run's retry counter, a step moving a saga on), never the other way
+ * round: whoever holds a run's lock only locks operations with SKIP LOCKED
+ * (saga.c), so no two transactions can wait for each other.  A claim of a
+ * new key reads the run without locking it.
  *
  * src/runs.c
  *
@@ -25,7 +27,7 @@
 
 static ArPlan join_plan = {
 	"SELECT r.state::text FROM agentretry.runs r"
-	" WHERE r.tenant = $1 AND r.run_id = $2 FOR KEY SHARE",
+	" WHERE r.tenant = $1 AND r.run_id = $2",
 	2, {TEXTOID, TEXTOID}
 };
 
@@ -44,7 +46,6 @@ static ArPlan start_plan = {
 static ArPlan read_plans[] = {
 	[RUN_LOCK_NONE] = {RUN_COLUMNS, 2, {TEXTOID, TEXTOID}},
 	[RUN_LOCK_NO_KEY_UPDATE] = {RUN_COLUMNS " FOR NO KEY UPDATE", 2, {TEXTOID, TEXTOID}},
-	[RUN_LOCK_UPDATE] = {RUN_COLUMNS " FOR UPDATE", 2, {TEXTOID, TEXTOID}},
 };
 
 static ArPlan set_state_plan = {
@@ -62,8 +63,9 @@ state_of(const char *label)
 
 /*
  * The state of the run that a claim of a new key names, starting the run
- * when it does not exist (implicit start), with the row held FOR KEY SHARE
- * until the caller's transaction ends.
+ * when it does not exist (implicit start).  Not locked: a step that
+ * starts while its run turns to compensating is found by the saga later
+ * (saga.c).
  */
 RunState
 run_join(const char *tenant, const char *run_id, TimestampTz now)
@@ -79,7 +81,6 @@ run_join(const char *tenant, const char *run_id, TimestampTz now)
 		if (ar_run(&join_plan, values, NULL, false) > 0)
 			return state_of(SPI_getvalue(SPI_tuptable->vals[0],
 										 SPI_tuptable->tupdesc, 1));
-		/* a run we insert is ours until we commit: no lock needed */
 		if (ar_run(&start_plan, values, NULL, false) > 0)
 			return RUN_RUNNING;
 		/* started concurrently: read it (and lock it) again */

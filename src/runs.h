@@ -28,8 +28,7 @@ typedef struct Run
 typedef enum RunLock
 {
 	RUN_LOCK_NONE,
-	RUN_LOCK_NO_KEY_UPDATE,		/* changes of its columns */
-	RUN_LOCK_UPDATE				/* state changes that new steps must wait for */
+	RUN_LOCK_NO_KEY_UPDATE		/* changes of the run */
 } RunLock;
 
 extern RunState run_join(const char *tenant, const char *run_id,

@@ -3,26 +3,42 @@
  * saga.c
  *	  Compensation (sagas): undoing a run's completed steps, newest first.
  *
- * compensate() (run.c) turns a run to compensating and schedules, for
- * every step that succeeded and has a compensate tool, a compensation: an
- * ordinary operation with key "<step key>:compensate", the compensate tool
- * and args, the same run, in state retry_wait.  Only one compensation of a
- * run is active (leased, being verified, or due) at a time; the others
- * wait with no due time (next_attempt_at NULL: claims answer wait).  When
- * none is active, saga_advance() makes the one whose step completed last
- * due, so compensations run strictly in reverse completion order, each
- * claimed, retried, budgeted and verified like any other operation.
+ * compensate() (run.c) turns a run to compensating; from then on the
+ * saga is driven by saga_advance(), which every change of one of the run's
+ * operations calls (transition_store), and the sweep calls for runs being
+ * compensated.  It is idempotent: each call first brings the run's steps
+ * up to date (saga_sync), then makes the next compensation due or ends the
+ * run.
  *
- * Steps still leased or being verified when compensation starts are marked
- * (operations.compensating) and waited for: a late success schedules its
- * compensation too (saga_succeeded), a failure is not retried.  When no
- * compensation is pending or active and no step is in flight, the run is
- * compensated; a compensation that ends dead (or cancelled) makes it
- * needs_review, and nothing further runs until an operator requeues it.
+ *	- A step waiting for a retry or for approval is cancelled (reason
+ *	  compensating).
+ *	- A step in flight (leased, or being verified) is marked
+ *	  (operations.compensating) and waited for: a failure of it is not
+ *	  retried (transition.c), and its success is compensated too.
+ *	- A step that succeeded and has a compensate tool gets its
+ *	  compensation: an ordinary operation with key "<step key>:compensate",
+ *	  the compensate tool and args, the same run, state retry_wait with no
+ *	  due time (pending).
  *
- * Locks: every caller holds the row lock of the operation that changed,
- * then saga_advance() locks the run FOR NO KEY UPDATE, which serialises
- * the advances of one run, so two compensations never become due at once.
+ * Only one compensation of a run is active (leased, being verified, or
+ * due) at a time, and none while a step is in flight; when none is, the
+ * pending one whose step completed last falls due, so compensations run
+ * strictly in reverse completion order, each claimed, retried, budgeted and
+ * verified like any other operation.  When nothing is pending, active or
+ * in flight, the run is compensated; a compensation that ends dead (or
+ * cancelled) makes it needs_review, and nothing new falls due until an
+ * operator requeues it.
+ *
+ * Locks: saga_advance() locks the run FOR NO KEY UPDATE (so advances of
+ * one run are serialised and two compensations never fall due at once),
+ * and then touches the run's operations only with SKIP LOCKED: a caller
+ * may hold an operation's lock while it waits for the run's, never the
+ * reverse, so no deadlock is possible.  An operation skipped because
+ * another transaction holds it is brought up to date by the next advance:
+ * that transaction's own change (its transition looks at the run's state,
+ * transition.c; a completion of a step of a run that is not running is
+ * refused by the fast path of complete() and redone under the row lock,
+ * outcome.c), or the sweep's.
  *
  * src/saga.c
  *
@@ -39,9 +55,11 @@
 #include "saga.h"
 
 /*
- * The compensation of one succeeded step: its recorded compensate tool and
- * args, or the policy's compensate tool with the step's key, args and
- * result.  Nothing when neither names a tool, or when the key exists.
+ * The compensations of the run's succeeded steps that have none yet: the
+ * step's recorded compensate tool and args, or the policy's compensate
+ * tool with the step's key, args and result.  A step with neither has
+ * nothing to undo.  Run under the run's lock, so no other transaction
+ * inserts these keys meanwhile.
  */
 static ArPlan schedule_plan = {
 	"INSERT INTO agentretry.operations AS c"
@@ -56,11 +74,34 @@ static ArPlan schedule_plan = {
 	"  coalesce(o.compensate_tool, pt.compensate_tool, pw.compensate_tool, t.compensate_tool) AS tool,"
 	"  coalesce(o.compensate_args, pg_catalog.jsonb_build_object("
 	"   'key', o.key, 'args', o.args, 'result', o.result)) AS args) x"
-	" WHERE o.tenant = $1 AND o.key = $2 AND o.state = 'succeeded'"
+	" WHERE o.tenant = $1 AND o.run_id = $2 AND o.state = 'succeeded'"
 	" AND o.compensation_of IS NULL AND x.tool IS NOT NULL"
+	" AND NOT EXISTS (SELECT FROM agentretry.operations e"
+	"  WHERE e.tenant = o.tenant AND e.key = o.key || ':compensate')"
+	" ORDER BY o.completed_at, o.key"
 	" ON CONFLICT (tenant, key) DO NOTHING"
 	" RETURNING c.key, c.tool, c.lease_token, c.run_id, c.step",
 	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
+};
+
+/* the run's steps waiting for a retry or an approval: to be cancelled */
+static ArPlan waiting_steps_plan = {
+	"SELECT " AR_OP_SELECT " FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.tenant = $1 AND o.run_id = $2 AND o.compensation_of IS NULL"
+	" AND o.state IN ('retry_wait', 'awaiting_approval')"
+	" FOR UPDATE OF o SKIP LOCKED",
+	2, {TEXTOID, TEXTOID}
+};
+
+/* the run's steps in flight, marked: their outcome moves the saga on */
+static ArPlan mark_in_flight_plan = {
+	"UPDATE agentretry.operations o SET compensating = true"
+	" FROM (SELECT x.tenant, x.key FROM agentretry.operations x"
+	"  WHERE x.tenant = $1 AND x.run_id = $2 AND x.compensation_of IS NULL"
+	"  AND x.state IN ('in_progress', 'verify') AND NOT x.compensating"
+	"  FOR UPDATE SKIP LOCKED) m"
+	" WHERE o.tenant = m.tenant AND o.key = m.key",
+	2, {TEXTOID, TEXTOID}
 };
 
 /* what the run's operations say about the saga */
@@ -80,32 +121,35 @@ static ArPlan progress_plan = {
 };
 
 /*
- * Make the pending compensation whose step completed last due now.  The
- * outer WHERE re-checks the row under its lock (an operator may have
- * acted on it meanwhile).
+ * Make the pending compensation whose step completed last due now.  If
+ * another transaction holds it (an operator acting on it), nothing: that
+ * transaction's change advances the saga again.
  */
 static ArPlan next_due_plan = {
 	"UPDATE agentretry.operations c SET next_attempt_at = $3,"
 	" reason = 'compensation_due', updated_at = $3"
 	" WHERE (c.tenant, c.key) = ("
-	"  SELECT p.tenant, p.key FROM agentretry.operations p"
-	"  LEFT JOIN agentretry.operations s"
-	"   ON s.tenant = p.tenant AND s.key = p.compensation_of"
-	"  WHERE p.tenant = $1 AND p.run_id = $2 AND p.compensation_of IS NOT NULL"
-	"  AND p.state = 'retry_wait' AND p.next_attempt_at IS NULL"
-	"  ORDER BY s.completed_at DESC NULLS LAST, p.key DESC LIMIT 1)"
-	" AND c.state = 'retry_wait' AND c.next_attempt_at IS NULL"
+	"  SELECT l.tenant, l.key FROM agentretry.operations l"
+	"  WHERE (l.tenant, l.key) = ("
+	"   SELECT p.tenant, p.key FROM agentretry.operations p"
+	"   LEFT JOIN agentretry.operations s"
+	"    ON s.tenant = p.tenant AND s.key = p.compensation_of"
+	"   WHERE p.tenant = $1 AND p.run_id = $2 AND p.compensation_of IS NOT NULL"
+	"   AND p.state = 'retry_wait' AND p.next_attempt_at IS NULL"
+	"   ORDER BY s.completed_at DESC NULLS LAST, p.key DESC LIMIT 1)"
+	"  AND l.state = 'retry_wait' AND l.next_attempt_at IS NULL"
+	"  FOR UPDATE SKIP LOCKED)"
 	" RETURNING c.key, c.tool, c.lease_token, c.run_id, c.step",
 	3, {TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
 
-/* trace an event of the operation a RETURNING row of the plans above names */
+/* trace an event of the operation row i of a RETURNING of the plans above names */
 static void
-trace_returned(const char *kind, const char *tenant, const char *reason,
-			   TimestampTz now)
+trace_returned(const char *kind, SPITupleTable *tt, uint64 i,
+			   const char *tenant, const char *reason, TimestampTz now)
 {
-	HeapTuple	tup = SPI_tuptable->vals[0];
-	TupleDesc	desc = SPI_tuptable->tupdesc;
+	HeapTuple	tup = tt->vals[i];
+	TupleDesc	desc = tt->tupdesc;
 	Operation	op;
 
 	memset(&op, 0, sizeof(op));
@@ -135,35 +179,54 @@ record_run_event(const char *kind, const char *tenant, const char *run_id,
 }
 
 /*
- * Schedule the compensation of the succeeded step (tenant, key), pending
- * (not yet due).  Returns 1 when one was scheduled, 0 when the step has
- * nothing to compensate or its compensation exists already.
+ * Bring the run's steps up to date with its compensation (see the file
+ * header); returns how many compensations were scheduled.  The caller
+ * holds the run's lock.
  */
-int
-saga_schedule(const char *tenant, const char *key, TimestampTz now)
+static int
+saga_sync(Datum *values, TimestampTz now)
 {
-	Datum		values[3];
+	const char *tenant = TextDatumGetCString(values[0]);
+	uint64		n;
+	uint64		i;
+	SPITupleTable *waiting;
+	SPITupleTable *scheduled;
 
-	values[0] = CStringGetTextDatum(tenant);
-	values[1] = CStringGetTextDatum(key);
-	values[2] = TimestampTzGetDatum(now);
-	if (ar_run(&schedule_plan, values, NULL, false) == 0)
-		return 0;
-	trace_returned("compensation_scheduled", tenant, "compensation_pending", now);
-	return 1;
+	n = ar_run(&waiting_steps_plan, values, NULL, false);
+	waiting = SPI_tuptable;
+	for (i = 0; i < n; i++)
+	{
+		Operation	op;
+
+		memset(&op, 0, sizeof(op));
+		operation_from_row(waiting->vals[i], waiting->tupdesc, &op);
+		operation_set_terminal(&op, OP_CANCELLED, "compensating");
+		operation_store(&op, now);
+		record_simple_event("cancel", &op, "compensating", now);
+	}
+	ar_run(&mark_in_flight_plan, values, NULL, false);
+
+	n = ar_run(&schedule_plan, values, NULL, false);
+	scheduled = SPI_tuptable;	/* tracing runs statements of its own */
+	for (i = 0; i < n; i++)
+		trace_returned("compensation_scheduled", scheduled, i, tenant,
+					   "compensation_pending", now);
+	return (int) n;
 }
 
 /*
- * Move the compensation of run_id on after one of its operations changed:
+ * Move the compensation of run_id on: bring its steps up to date, then
  * make the next compensation due, or end the run compensated or
- * needs_review.  Nothing for a run that is not being compensated.
+ * needs_review.  Nothing for a run that is not being (or was not)
+ * compensated.  Returns how many compensations were scheduled.
  */
-void
+int
 saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 {
 	Datum		values[3];
 	Run			run;
 	RunState	next;
+	int			scheduled;
 	int64		failed,
 				active,
 				pending,
@@ -174,12 +237,15 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 
 	if (run_id == NULL ||
 		!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE, &run) ||
-		(run.state != RUN_COMPENSATING && run.state != RUN_NEEDS_REVIEW))
-		return;
+		(run.state != RUN_COMPENSATING && run.state != RUN_NEEDS_REVIEW &&
+		 run.state != RUN_COMPENSATED))
+		return 0;
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(run_id);
 	values[2] = TimestampTzGetDatum(now);
+	scheduled = saga_sync(values, now);
+
 	ar_run(&progress_plan, values, NULL, false);
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
@@ -196,7 +262,8 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 	{
 		next = RUN_COMPENSATING;
 		if (ar_run(&next_due_plan, values, NULL, false) > 0)
-			trace_returned("compensation_due", tenant, "compensation_due", now);
+			trace_returned("compensation_due", SPI_tuptable, 0, tenant,
+						   "compensation_due", now);
 	}
 	else
 		next = RUN_COMPENSATED;
@@ -206,16 +273,15 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 		run_set_state(tenant, run_id, next, now);
 		record_run_event(run_state_labels[next], tenant, run_id, NULL, false, now);
 	}
+	return scheduled;
 }
 
 /*
- * A step or a compensation of a run being compensated succeeded: a late
- * step gets its compensation, and the saga moves on.
+ * A step or a compensation of a run being compensated succeeded: the saga
+ * moves on (a late step gets its compensation, scheduled by the sync).
  */
 void
 saga_succeeded(const Operation *op, TimestampTz now)
 {
-	if (op->compensation_of == NULL)
-		saga_schedule(op->tenant, op->key, now);
 	saga_advance(op->tenant, op->run_id, now);
 }

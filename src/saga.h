@@ -12,9 +12,7 @@
 
 #include "operation.h"
 
-extern int	saga_schedule(const char *tenant, const char *key,
-						  TimestampTz now);
-extern void saga_advance(const char *tenant, const char *run_id,
+extern int	saga_advance(const char *tenant, const char *run_id,
 						 TimestampTz now);
 extern void saga_succeeded(const Operation *op, TimestampTz now);
 extern void record_run_event(const char *kind, const char *tenant,

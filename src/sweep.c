@@ -17,7 +17,9 @@
  *	4. events past agentretry.event_retention are deleted, at most max,
  *	   and so are budget ledger rows;
  *	5. runs idle for agentretry.default_ttl whose operations are all gone
- *	   are deleted with their context versions, at most max.
+ *	   are deleted with their context versions, at most max;
+ *	6. the sagas of runs being compensated are advanced (saga.c), at most
+ *	   max runs.
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
@@ -39,6 +41,7 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "saga.h"
 #include "transition.h"
 
 #define SWEEP_MAX 100000
@@ -134,6 +137,18 @@ static ArPlan purge_runs_plan = {
 	2, NOW_MAX_ARGTYPES
 };
 
+/*
+ * Runs being compensated, least recently changed first, that no other
+ * transaction holds: their sagas are advanced (a step that completed while
+ * compensate() could not lock it is caught up here).
+ */
+static ArPlan compensating_runs_plan = {
+	"SELECT r.tenant, r.run_id FROM agentretry.runs r"
+	" WHERE r.state = 'compensating'"
+	" ORDER BY r.updated_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
+	2, NOW_MAX_ARGTYPES
+};
+
 static ArPlan due_count_plan = {
 	"SELECT count(*) FROM agentretry.operations o"
 	" WHERE o.state = 'retry_wait' AND o.next_attempt_at <= $1",
@@ -185,6 +200,20 @@ dead_letter_past_deadline(TimestampTz now, int max)
 		dead_letter(&op, "deadline_exceeded", now);
 	}
 	return (int) n;
+}
+
+/* Step 6: advance the sagas of runs being compensated. */
+static void
+advance_sagas(TimestampTz now, int max)
+{
+	Datum		values[2] = {TimestampTzGetDatum(now), Int32GetDatum(max)};
+	uint64		n = ar_run(&compensating_runs_plan, values, NULL, false);
+	SPITupleTable *runs = SPI_tuptable;
+	uint64		i;
+
+	for (i = 0; i < n; i++)
+		saga_advance(col_text(runs->vals[i], runs->tupdesc, 1),
+					 col_text(runs->vals[i], runs->tupdesc, 2), now);
 }
 
 /* Steps 3 and 4: one bounded DELETE; sql returns the count */
@@ -249,6 +278,7 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	counts[4] = purge(&purge_ledger_plan, retention_start, max);
 	counts[5] = purge(&purge_runs_plan,
 					  ts_add_usec(now, -(int64) ar_default_ttl_sec * USECS_PER_SEC), max);
+	advance_sagas(now, max);
 	due = count_due(now);
 	ar_spi_end(&spi);
 

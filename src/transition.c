@@ -33,11 +33,35 @@
 
 #include "budget.h"
 #include "events.h"
+#include "runs.h"
 #include "saga.h"
 #include "transition.h"
 
 static void budget_deny(Decision *d, TimestampTz deadline, TimestampTz at,
 						TimestampTz now);
+
+/*
+ * Is the run of op (a step, locked by the caller) being compensated?  The
+ * saga marks the steps it can lock (operations.compensating); one it could
+ * not, because a transaction held it, is recognised here by reading the
+ * run in a statement of its own, after the row lock was taken, so that it
+ * sees a compensate() that committed while this transaction waited.  Once
+ * per operation and call.
+ */
+void
+learn_run_state(Operation *op)
+{
+	Run			run;
+
+	if (op->run_checked || op->compensating || op->run_id == NULL ||
+		op->compensation_of != NULL)
+		return;
+	op->run_checked = true;
+	if (run_read(op->tenant, op->run_id, RUN_LOCK_NONE, &run) &&
+		(run.state == RUN_COMPENSATING || run.state == RUN_NEEDS_REVIEW ||
+		 run.state == RUN_COMPENSATED))
+		op->compensating = true;
+}
 
 /*
  * Store a transition of op (locked by the caller).  A change of an
@@ -46,6 +70,7 @@ static void budget_deny(Decision *d, TimestampTz deadline, TimestampTz at,
 void
 transition_store(Operation *op, TimestampTz now)
 {
+	learn_run_state(op);
 	operation_store(op, now);
 	if (op->compensating)
 		saga_advance(op->tenant, op->run_id, now);
@@ -268,6 +293,17 @@ claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
 	if (answer_without_transition(op, req->now, a))
 		return;
+	learn_run_state(op);
+	if (op->compensating && op->compensation_of == NULL &&
+		op->state == OP_RETRY_WAIT)
+	{
+		/* a step of a run being undone does not start again */
+		operation_set_terminal(op, OP_CANCELLED, "compensating");
+		transition_store(op, req->now);
+		record_simple_event("cancel", op, "compensating", req->now);
+		answer_terminal(a, op);
+		return;
+	}
 	switch (op->state)
 	{
 		case OP_IN_PROGRESS:
@@ -285,14 +321,6 @@ claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	}
 }
 
-void
-operation_set_terminal(Operation *op, OpState state, const char *reason)
-{
-	op->state = state;
-	op->reason = (char *) reason;
-	op->lease_expires_at = TS_NONE;
-	op->next_attempt_at = TS_NONE;
-}
 
 /*
  * An execution lease that expired: the worker may have died after acting,
@@ -374,6 +402,8 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	int			attempt = Max(op->attempts, 1);
 	int64		backoff;
 	bool		cancelled = false;
+
+	learn_run_state(op);
 
 	backoff = backoff_usec(attempt, op->policy.base_delay,
 						   op->policy.max_delay, op->policy.multiplier,
@@ -464,6 +494,14 @@ check_fencing(const Operation *op, int64 lease_token)
 				(errcode(ERRCODE_AR_LEASE_LOST),
 				 errmsg("lease on operation \"%s\" was lost", op->key),
 				 errdetail("The operation is already %s.", op_state_labels[op->state])));
+	/* awaiting approval, or a compensation not yet started: its token was never handed out */
+	if (op->state == OP_AWAITING_APPROVAL || op->first_attempt_at == TS_NONE)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_LEASE_LOST),
+				 errmsg("lease on operation \"%s\" was lost", op->key),
+				 errdetail("No lease of the operation was ever issued; it is %s.",
+						   op_state_labels[op->state]),
+				 errhint("Claim the operation first.")));
 }
 
 /* Only the newest fencing token of an operation may act on it. */

@@ -44,6 +44,7 @@ extern bool answer_without_transition(const Operation *op, TimestampTz now,
 extern void claim_transition(Operation *op, const ClaimRequest *req,
 							 ClaimAnswer *a);
 extern void transition_store(Operation *op, TimestampTz now);
+extern void learn_run_state(Operation *op);
 
 extern void apply_failure(Operation *op, FailureClass failure,
 						  FailurePhase phase, const char *code,
@@ -51,8 +52,6 @@ extern void apply_failure(Operation *op, FailureClass failure,
 						  int64 elapsed, TimestampTz now, Decision *d);
 extern void expire_lease(Operation *op, TimestampTz now, Decision *d);
 extern void dead_letter(Operation *op, const char *reason, TimestampTz now);
-extern void operation_set_terminal(Operation *op, OpState state,
-								   const char *reason);
 extern bool retry_too_late(const Operation *op, TimestampTz now);
 
 extern void check_fencing(const Operation *op, int64 lease_token);

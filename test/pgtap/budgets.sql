@@ -1,8 +1,10 @@
--- Retry budgets (0.3.0): token bucket arithmetic (lazy refill, stripes,
--- no drift, never above capacity, the refill time of a denial), costs by
--- failure class, ratio budgets with their floor and sliding window, the
--- per-run limit, the ledger (debits, denials, several budgets at once,
--- rollback), budget_status against the ledger, the outcomes of fail,
+-- Retry budgets: token bucket arithmetic (lazy refill, stripes, no drift,
+-- never above capacity, the refill time of a denial), costs by failure
+-- class, ratio budgets with their floor and sliding window, the per-run
+-- limit (the run's max_retry_events, else agentretry.run_max_retries), the
+-- ledger (debits, denials, several budgets at once, rollback),
+-- budget_status against the ledger, the sweep's purge of ledger rows and
+-- idle runs, the outcomes of fail,
 -- claim, claim_due and requeue for budget_wait and budget_exhausted
 -- operations, and set_budget / drop_budget validation and privileges.
 --
@@ -15,7 +17,7 @@
 BEGIN;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
-SELECT plan(218);
+SELECT plan(250);
 
 -- Retries are due at once (no backoff), so a retry can be claimed right
 -- after the failure; max_attempts is high enough never to interfere.
@@ -435,8 +437,9 @@ SELECT results_eq(
 			 ('run-a', 'run', 'r-1', 1, NULL, 'debit', 'transient', NULL),
 			 ('run-b', 'run', 'r-1', 1, NULL, 'denied_run', 'transient', NULL)$$,
 	'ledger rows of scope run: two debits and the denial, never a retry_at');
-SELECT results_eq($$SELECT run_id, retries FROM run_retries WHERE tenant = 'bg-run'$$,
-				  $$VALUES ('r-1', 2)$$, 'the run''s counter: 2 (the denial did not count)');
+SELECT results_eq($$SELECT run_id, state::text, max_retry_events, retry_events FROM runs WHERE tenant = 'bg-run'$$,
+				  $$VALUES ('r-1', 'running', NULL::integer, 2)$$,
+				  'the run''s counter: 2 (the denial did not count); the claim started the run without a limit of its own');
 SELECT is(pg_temp.retries('bg-run', 'run-c', 3, p_run => 'r-2'),
 		  ARRAY['retry/idempotent_retry', 'retry/idempotent_retry', 'dead/budget_exhausted'],
 		  'another run has its own limit');
@@ -456,6 +459,76 @@ SELECT is((SELECT outcome::text || '/' || reason FROM claim('run-e', '{}', 'bg_r
 SELECT results_eq(
 	$$SELECT scope, subject, reason, failure_class::text FROM pg_temp.last_ledger('bg-run')$$,
 	$$VALUES ('run', 'r-1', 'denied_run', 'ambiguous')$$, 'recorded as an ambiguous denial');
+
+-- a run's own limit, start_run's max_retry_events, instead of the GUC (2 here)
+SELECT is(start_run('r-max1', 'bg-run', max_retry_events => 1), 'running'::run_state,
+		  'a run started with max_retry_events 1');
+SELECT is(pg_temp.retries('bg-run', 'run-m1', 2, p_run => 'r-max1'),
+		  ARRAY['retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'max_retry_events 1: the second retry event of the run is denied, dead-lettered');
+SELECT results_eq(
+	$$SELECT key, scope, subject, reason FROM pg_temp.last_ledger('bg-run')$$,
+	$$VALUES ('run-m1', 'run', 'r-max1', 'denied_run')$$, 'recorded as a denial of the run');
+SELECT results_eq(
+	$$SELECT max_retry_events, retry_events FROM runs WHERE tenant = 'bg-run' AND run_id = 'r-max1'$$,
+	$$VALUES (1, 1)$$, 'the run used its one retry event; the denial did not count');
+SELECT results_eq(
+	$$SELECT retry_events_used, retry_events_allowed FROM run_status
+	  WHERE tenant = 'bg-run' AND run_id = 'r-max1'$$,
+	$$VALUES (1, 1)$$, 'run_status: one of one retry events used');
+SELECT is(start_run('r-max4', 'bg-run', max_retry_events => 4), 'running'::run_state,
+		  'a run started with max_retry_events 4');
+SELECT is(pg_temp.retries('bg-run', 'run-m4', 5, p_run => 'r-max4'),
+		  ARRAY['retry/idempotent_retry', 'retry/idempotent_retry', 'retry/idempotent_retry',
+				'retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'max_retry_events 4: more than the GUC allows, then denied');
+SELECT is(start_run('r-max0', 'bg-run', max_retry_events => 0), 'running'::run_state,
+		  'a run started with max_retry_events 0');
+SELECT is(pg_temp.retries('bg-run', 'run-m0', 1, p_run => 'r-max0'), ARRAY['dead/budget_exhausted'],
+		  'max_retry_events 0: not even one retry event');
+-- max_retry_events NULL follows the GUC, also when the GUC changes
+SELECT is(start_run('r-null', 'bg-run', max_retry_events => NULL), 'running'::run_state,
+		  'a run started with max_retry_events NULL');
+SELECT is(pg_temp.retries('bg-run', 'run-n', 3, p_run => 'r-null'),
+		  ARRAY['retry/idempotent_retry', 'retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'max_retry_events NULL: the GUC''s limit of 2');
+SELECT results_eq(
+	$$SELECT retry_events_used, retry_events_allowed FROM run_status
+	  WHERE tenant = 'bg-run' AND run_id = 'r-null'$$,
+	$$VALUES (2, 2)$$, 'run_status: two of the GUC''s two retry events used');
+SET LOCAL agentretry.run_max_retries = 3;
+SELECT is(pg_temp.retries('bg-run', 'run-n3', 2, p_run => 'r-null'),
+		  ARRAY['retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'the GUC raised to 3: the run without a limit of its own gets a third retry event');
+SELECT is(pg_temp.retries('bg-run', 'run-m1b', 1, p_run => 'r-max1'), ARRAY['dead/budget_exhausted'],
+		  'the run with max_retry_events 1 does not follow the GUC');
+-- a repeated start_run fills in a limit still NULL and never replaces one
+SELECT is(start_run('r-max1', 'bg-run', max_retry_events => 5), 'running'::run_state,
+		  'start_run of the run with max_retry_events 1 again, with 5');
+SELECT is(start_run('r-null', 'bg-run', max_retry_events => 4), 'running'::run_state,
+		  'start_run of the run without a limit again, with 4');
+SELECT results_eq(
+	$$SELECT run_id, max_retry_events, retry_events FROM runs
+	  WHERE tenant = 'bg-run' AND run_id IN ('r-max1', 'r-null') ORDER BY run_id$$,
+	$$VALUES ('r-max1', 1, 1), ('r-null', 4, 3)$$,
+	'the limit 1 stays; the NULL one is now 4');
+SELECT is(pg_temp.retries('bg-run', 'run-n4', 2, p_run => 'r-null'),
+		  ARRAY['retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'the limit filled in applies: a fourth retry event, then denied');
+-- a run's own limit holds when the GUC allows none
+SET LOCAL agentretry.run_max_retries = 0;
+SELECT is(start_run('r-guc0', 'bg-run', max_retry_events => 2), 'running'::run_state,
+		  'a run started with max_retry_events 2 while the GUC is 0');
+SELECT is(pg_temp.retries('bg-run', 'run-g0', 3, p_run => 'r-guc0'),
+		  ARRAY['retry/idempotent_retry', 'retry/idempotent_retry', 'dead/budget_exhausted'],
+		  'max_retry_events 2 applies although the GUC is 0');
+SELECT is(pg_temp.retries('bg-run', 'run-g0n', 1, p_run => 'r-guc0-null'), ARRAY['dead/budget_exhausted'],
+		  'a run started by its claim, without a limit, gets the GUC''s none');
+-- a negative limit is refused and starts nothing
+SELECT throws_ok($$SELECT start_run('r-neg', 'bg-run', max_retry_events => -1)$$, '22023', NULL,
+				 'max_retry_events -1 is refused');
+SELECT is((SELECT count(*) FROM runs WHERE tenant = 'bg-run' AND run_id = 'r-neg'), 0::bigint,
+		  'and no run was started');
 RESET agentretry.run_max_retries;
 
 -- ---------------------------------------------------------------------------
@@ -498,7 +571,7 @@ SELECT is((SELECT count(*) FROM budget_ledger WHERE tenant = 'bg-multi'), 13::bi
 SELECT is((SELECT array_agg(subject || '=' || tokens ORDER BY subject) FROM budget_stripes
 		   WHERE tenant = 'bg-multi' AND subject IN ('bg-multi', 'w1', 'bg_read')),
 		  ARRAY['bg-multi=97', 'bg_read=0', 'w1=4'], 'the denial debited none of the budgets that could pay');
-SELECT is((SELECT retries FROM run_retries WHERE tenant = 'bg-multi' AND run_id = 'mr'), 3,
+SELECT is((SELECT retry_events FROM runs WHERE tenant = 'bg-multi' AND run_id = 'mr'), 3,
 		  'nor the run');
 -- the user budget denies when the tenant's could pay: only the user's row
 SELECT is(pg_temp.retries('bg-multi', 'm-2', 3, p_tool => 'bg_read2', p_owner => 'w1'),
@@ -525,7 +598,8 @@ ROLLBACK TO SAVEPOINT before_retry;
 SELECT set_eq($$SELECT * FROM budget_stripes WHERE tenant = 'bg-rb'$$, $$SELECT * FROM rb_before$$,
 			  'after ROLLBACK TO SAVEPOINT the stripe is as before: tokens and counters');
 SELECT is((SELECT count(*) FROM budget_ledger WHERE tenant = 'bg-rb'), 0::bigint, 'no ledger row');
-SELECT is((SELECT count(*) FROM run_retries WHERE tenant = 'bg-rb'), 0::bigint, 'no run counter');
+SELECT results_eq($$SELECT run_id, retry_events FROM runs WHERE tenant = 'bg-rb'$$,
+				  $$VALUES ('rb-run', 0)$$, 'the run (started by the claim) counts no retry event');
 SELECT is((SELECT state::text || '/' || attempts FROM lookup('rb-1', 'bg-rb')), 'in_progress/1',
 		  'the operation is as before the failure');
 -- the same, checking inside the subtransaction that the debit had happened
@@ -538,7 +612,7 @@ BEGIN
 		PERFORM fail('rb-1', 1, 'transient', tenant => 'bg-rb');
 		SELECT s.tokens || '/' || s.cur_retries || '/' ||
 			   (SELECT count(*) FROM budget_ledger l WHERE l.tenant = 'bg-rb') || '/' ||
-			   (SELECT r.retries FROM run_retries r WHERE r.tenant = 'bg-rb')
+			   (SELECT r.retry_events FROM runs r WHERE r.tenant = 'bg-rb')
 		INTO inside FROM budget_stripes s WHERE s.tenant = 'bg-rb';
 		RAISE EXCEPTION 'roll back';
 	EXCEPTION WHEN raise_exception THEN
@@ -550,8 +624,8 @@ SELECT is(pg_temp.rolled_back_retry(), '9/1/2/1',
 		  'inside the subtransaction: 9 tokens, 1 retry counted, 2 ledger rows, run counter 1');
 SELECT set_eq($$SELECT * FROM budget_stripes WHERE tenant = 'bg-rb'$$, $$SELECT * FROM rb_before$$,
 			  'rolled back: the stripe is as before');
-SELECT is((SELECT count(*) FROM budget_ledger WHERE tenant = 'bg-rb') + (SELECT count(*) FROM run_retries WHERE tenant = 'bg-rb'),
-		  0::bigint, 'rolled back: no ledger row, no run counter');
+SELECT is((SELECT count(*) FROM budget_ledger WHERE tenant = 'bg-rb') + (SELECT sum(retry_events) FROM runs WHERE tenant = 'bg-rb'),
+		  0::bigint, 'rolled back: no ledger row, the run counts no retry event');
 SELECT is((fail('rb-1', 1, 'transient', tenant => 'bg-rb')).action::text, 'retry', 'the retry, made for good');
 SELECT is((SELECT tokens || '/' || cur_retries FROM budget_stripes WHERE tenant = 'bg-rb'), '9/1',
 		  'pays once');
@@ -598,16 +672,55 @@ SELECT results_eq(
 	  FROM budget_status WHERE tenant = 'bg-status' AND scope = 'tenant'$$,
 	$$VALUES (3::bigint, 3::float8, 0::bigint, true)$$,
 	'two hours ago: 3 debits and 3 tokens in the last hour, no denial; last_denial is the newest of all');
--- the sweep purges ledger rows and idle run counters past agentretry.event_retention
+-- the sweep purges ledger rows past agentretry.event_retention, and runs
+-- idle (updated_at) longer than agentretry.default_ttl (7 days) once none
+-- of their operations is left, with their context versions:
+--   pr-idle     no operation, idle 8 days                 purged
+--   pr-expired  its one operation purged by the same sweep  purged
+--   pr-ops      a succeeded operation not yet expired      stays
+--   pr-recent   no operation, idle 6 days                 stays (until the TTL is 1 day)
+--   r-1         (section 4) operations left, idle 8 days   stays
+SELECT lives_ok($$
+	SELECT start_run(r, 'bg-purge') FROM unnest(ARRAY['pr-idle', 'pr-expired', 'pr-ops', 'pr-recent']) r;
+	SELECT checkpoint(r, 'plan', jsonb_build_object('v', v), 'bg-purge')
+	FROM unnest(ARRAY['pr-idle', 'pr-idle', 'pr-expired', 'pr-ops', 'pr-recent']) WITH ORDINALITY AS x(r, v);
+	SELECT complete(k, (claim(k, '{}', 'bg_read', tenant => 'bg-purge', run_id => r)).lease_token,
+					tenant => 'bg-purge')
+	FROM (VALUES ('pr-op-expired', 'pr-expired'), ('pr-op-kept', 'pr-ops')) v(k, r);
+	UPDATE operations SET expires_at = clock_timestamp() - interval '1 second'
+	WHERE tenant = 'bg-purge' AND key = 'pr-op-expired';
+	UPDATE runs SET updated_at = clock_timestamp() - interval '8 days'
+	WHERE (tenant = 'bg-purge' AND run_id IN ('pr-idle', 'pr-expired', 'pr-ops'))
+	   OR (tenant = 'bg-run' AND run_id = 'r-1');
+	UPDATE runs SET updated_at = clock_timestamp() - interval '6 days'
+	WHERE tenant = 'bg-purge' AND run_id = 'pr-recent';
+$$, 'four runs with context, two with an operation, made idle');
+SELECT is((SELECT count(*) FROM run_context WHERE tenant = 'bg-purge'), 5::bigint, 'five context versions');
 SET LOCAL agentretry.event_retention = '1h';
-UPDATE run_retries SET updated_at = updated_at - interval '2 hours' WHERE tenant = 'bg-run' AND run_id = 'r-1';
-SELECT is((SELECT ledger_purged FROM sweep()), 3, 'the sweep purges the three ledger rows older than the retention');
+CREATE TEMP TABLE swept AS SELECT * FROM sweep();
+SELECT is((SELECT ledger_purged FROM swept), 3, 'the sweep purges the three ledger rows older than the retention');
 SELECT results_eq(
 	$$SELECT key, reason FROM budget_ledger WHERE tenant = 'bg-status' AND scope = 'tenant' ORDER BY id$$,
 	$$VALUES ('s-1', 'debit'), ('s-1', 'debit'), ('s-3', 'debit')$$, 'the recent rows stay');
-SELECT is((SELECT array_agg(run_id ORDER BY run_id) FROM run_retries WHERE tenant = 'bg-run'), ARRAY['r-2'],
-		  'the idle run counter is gone, the recent one stays');
+SELECT is((SELECT runs_purged FROM swept), 2, 'the sweep purges the two idle runs with no operation left');
+SELECT is((SELECT array_agg(run_id ORDER BY run_id) FROM runs WHERE tenant = 'bg-purge'),
+		  ARRAY['pr-ops', 'pr-recent'],
+		  'gone: the idle run and the one whose operation the sweep purged; the others stay');
+SELECT is((SELECT count(*) FROM operations WHERE tenant = 'bg-purge' AND key = 'pr-op-expired'), 0::bigint,
+		  'the expired operation is purged');
+SELECT results_eq(
+	$$SELECT run_id, version FROM run_context WHERE tenant = 'bg-purge' ORDER BY run_id, version$$,
+	$$VALUES ('pr-ops', 1), ('pr-recent', 1)$$, 'the purged runs'' context versions are gone with them');
+SELECT is((SELECT count(*) FROM runs WHERE tenant = 'bg-run' AND run_id = 'r-1'), 1::bigint,
+		  'an idle run whose operations are left stays');
 RESET agentretry.event_retention;
+SET LOCAL agentretry.default_ttl = '1d';
+SELECT is((SELECT runs_purged FROM sweep()), 1, 'with a TTL of a day the run idle for 6 days is purged too');
+SELECT is((SELECT array_agg(run_id ORDER BY run_id) FROM runs WHERE tenant = 'bg-purge'), ARRAY['pr-ops'],
+		  'only the run with an operation left stays');
+SELECT results_eq($$SELECT run_id, version FROM run_context WHERE tenant = 'bg-purge'$$,
+				  $$VALUES ('pr-ops', 1)$$, 'and only its context');
+RESET agentretry.default_ttl;
 
 -- a ratio-only budget has no balance and spends no tokens
 SELECT results_eq(
@@ -975,17 +1088,17 @@ SELECT results_eq(
 			 has_table_privilege('agentretry_admin', t, 'SELECT'),
 			 has_table_privilege('public', t, 'SELECT')
 	  FROM unnest(ARRAY['agentretry.budgets', 'agentretry.budget_stripes', 'agentretry.budget_ledger',
-						'agentretry.run_retries', 'agentretry.budget_status']) t$$,
+						'agentretry.runs', 'agentretry.budget_status']) t$$,
 	$$VALUES ('agentretry.budgets', true, true, true, false),
 			 ('agentretry.budget_stripes', false, true, true, false),
 			 ('agentretry.budget_ledger', false, true, true, false),
-			 ('agentretry.run_retries', false, true, true, false),
+			 ('agentretry.runs', false, true, true, false),
 			 ('agentretry.budget_status', false, true, true, false)$$,
 	'everyone reads budgets; operators (and admins) the stripes, the ledger, run counters and budget_status');
 SELECT is_empty(
 	$$SELECT r, t FROM unnest(ARRAY['agentretry_agent', 'agentretry_operator', 'agentretry_admin']) r,
 		unnest(ARRAY['agentretry.budgets', 'agentretry.budget_stripes', 'agentretry.budget_ledger',
-					 'agentretry.run_retries', 'agentretry.budget_status']) t
+					 'agentretry.runs', 'agentretry.budget_status']) t
 	  WHERE has_table_privilege(r, t, 'INSERT, UPDATE, DELETE, TRUNCATE')$$,
 	'no role writes a budget table directly');
 

@@ -6,7 +6,7 @@
 BEGIN;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
-SELECT plan(56);
+SELECT plan(71);
 
 -- Claim, fail and make the retry due until the operation is no longer
 -- retried; one row per claim.  wait is how far after the failure the retry
@@ -55,13 +55,18 @@ BEGIN
 END
 $$;
 
--- tools
+-- tools; the destructive tools without an approval gate test rule 0 on the
+-- first attempt, the gated ones after approve()
 SELECT lives_ok($$
 	SELECT register_tool('tap_read', 'idempotent', 'read');
 	SELECT register_tool('tap_write_idem', 'idempotent', 'write');
 	SELECT register_tool('tap_write', 'non_idempotent', 'write');
-	SELECT register_tool('tap_destructive', 'idempotent', 'destructive');
-	SELECT register_tool('tap_destructive_5', 'idempotent', 'destructive', max_attempts => 5);
+	SELECT register_tool('tap_destructive', 'idempotent', 'destructive',
+		requires_approval => false);
+	SELECT register_tool('tap_destructive_5', 'idempotent', 'destructive', max_attempts => 5,
+		requires_approval => false);
+	SELECT register_tool('tap_destructive_gated', 'idempotent', 'destructive');
+	SELECT register_tool('tap_destructive_gated_5', 'idempotent', 'destructive', max_attempts => 5);
 	SELECT register_tool('tap_write_4', 'non_idempotent', 'write', max_attempts => 4);
 	SELECT register_tool('tap_exact', 'idempotent', 'write', max_attempts => 4,
 		base_delay => '2 seconds', max_delay => '5 seconds', multiplier => 3, jitter => 'none');
@@ -139,6 +144,81 @@ SELECT results_eq(
 	$$SELECT state, attempts, reason, next_attempt_at, lease_expires_at FROM lookup('k_destructive_5')$$,
 	$$VALUES ('dead'::operation_state, 1, 'review_required', NULL::timestamptz, NULL::timestamptz)$$,
 	'destructive tier: the operation is dead');
+
+-- an approved destructive operation is still never retried (rule 0)
+SELECT results_eq(
+	$$SELECT claim_outcome, claim_attempt, token, action, reason FROM pg_temp.run_to_end(
+		'k_gated', 'tap_destructive_gated', 'transient', 'pre_execution')$$,
+	$$VALUES ('approval'::outcome, 0, NULL::bigint, NULL::decision_action, 'approval_required')$$,
+	'destructive tier with its default gate: the first claim waits for approval');
+SELECT results_eq(
+	$$SELECT state, attempts, reason, next_attempt_at, lease_expires_at, deadline FROM lookup('k_gated')$$,
+	$$VALUES ('awaiting_approval'::operation_state, 0, 'approval_required', NULL::timestamptz,
+			  NULL::timestamptz, NULL::timestamptz)$$,
+	'the gated operation awaits approval with no attempt, no lease, nothing scheduled');
+SELECT is(approve('k_gated', NULL, 'checked'), 'retry_wait'::operation_state,
+	'approve makes the operation due');
+SELECT results_eq(
+	$$SELECT claim_outcome, claim_attempt, token, action, failed_attempt, reason, retry_at_stored
+	  FROM pg_temp.run_to_end('k_gated', 'tap_destructive_gated', 'transient', 'pre_execution')$$,
+	$$VALUES ('execute'::outcome, 1, 2::bigint, 'dead'::decision_action, 1, 'review_required', true)$$,
+	'approved destructive operation: a failure before execution is dead review_required');
+SELECT results_eq(
+	$$SELECT state, attempts, lease_token, reason, next_attempt_at, lease_expires_at,
+			 last_failure_class, last_failure_phase
+	  FROM lookup('k_gated')$$,
+	$$VALUES ('dead'::operation_state, 1, 2::bigint, 'review_required', NULL::timestamptz,
+			  NULL::timestamptz, 'transient'::failure_class, 'pre_execution'::failure_phase)$$,
+	'the approved operation is dead after its one attempt');
+SELECT results_eq(
+	$$SELECT outcome, attempt, lease_token, reason FROM claim('k_gated', '{"n": 1}', 'tap_destructive_gated')$$,
+	$$VALUES ('dead'::outcome, 1, NULL::bigint, 'review_required')$$,
+	'a later claim of it answers dead, not approval');
+SELECT results_eq(
+	$$SELECT kind, attempt, reason, lease_token FROM events WHERE key = 'k_gated' ORDER BY id$$,
+	$$VALUES ('approval_requested', 0, 'approval_required', 1::bigint),
+			 ('approved', 0, 'approved', 1),
+			 ('dead', 1, 'review_required', 2)$$,
+	'the gate, the approval and the one decision are traced');
+SELECT lives_ok($$
+	SELECT claim('k_gated_5', '{"n": 1}', 'tap_destructive_gated_5');
+	SELECT approve('k_gated_5');
+$$, 'a destructive operation with max_attempts 5 is approved');
+SELECT results_eq(
+	$$SELECT claim_outcome, claim_attempt, action, reason FROM pg_temp.run_to_end(
+		'k_gated_5', 'tap_destructive_gated_5', 'transient', 'mid_execution')$$,
+	$$VALUES ('execute'::outcome, 1, 'dead'::decision_action, 'review_required')$$,
+	'approved destructive operation: max_attempts cannot make it retried');
+SELECT lives_ok($$
+	SELECT claim('k_gated_exp', '{"n": 1}', 'tap_destructive_gated');
+	SELECT approve('k_gated_exp');
+	SELECT claim('k_gated_exp', '{"n": 1}', 'tap_destructive_gated');
+	UPDATE operations SET lease_expires_at = clock_timestamp() - interval '1 second'
+	WHERE key = 'k_gated_exp';
+$$, 'an approved destructive operation is claimed and its lease expires');
+SELECT results_eq(
+	$$SELECT outcome, attempt, lease_token, reason, result FROM claim('k_gated_exp', '{"n": 1}', 'tap_destructive_gated')$$,
+	$$VALUES ('dead'::outcome, 1, NULL::bigint, 'review_required',
+			  '{"class": "ambiguous", "phase": null, "code": "lease_expired", "message": null,
+				"reason": "review_required"}'::jsonb)$$,
+	'approved destructive operation, expired lease: dead review_required');
+SELECT results_eq(
+	$$SELECT state, attempts, lease_token, lease_expires_at FROM lookup('k_gated_exp')$$,
+	$$VALUES ('dead'::operation_state, 1, 2::bigint, NULL::timestamptz)$$,
+	'and it is dead without a lease');
+
+-- an operation awaiting approval holds no lease: its stored token (never
+-- handed out) cannot record a failure
+SELECT is((claim('k_gated_token', '{"n": 1}', 'tap_destructive_gated')).outcome, 'approval'::outcome,
+	'a second destructive operation awaits approval');
+SELECT throws_ok(
+	$$SELECT fail('k_gated_token', (SELECT lease_token FROM lookup('k_gated_token')),
+				  'transient', 'pre_execution')$$,
+	'AR002', NULL, 'fail with the token of an operation awaiting approval is refused');
+SELECT results_eq(
+	$$SELECT state, attempts, lease_token, reason FROM lookup('k_gated_token')$$,
+	$$VALUES ('awaiting_approval'::operation_state, 0, 1::bigint, 'approval_required')$$,
+	'the refused fail changed nothing');
 
 -- an unregistered tool is unknown / write
 SELECT results_eq(

@@ -6,20 +6,20 @@ SELECT plan(75);
 
 SELECT results_eq(
 	$$SELECT name, idempotency, side_effect, max_attempts, base_delay, max_delay, multiplier, jitter,
-			 deadline, lease, ttl, compensate_tool
+			 deadline, lease, ttl, compensate_tool, requires_approval
 	  FROM register_tool('tap_t', 'non_idempotent', 'write', 3, '2 seconds', '1 minute', 1.5,
-						 'equal', '1 hour', '45 seconds', '2 days', 'tap_undo')$$,
+						 'equal', '1 hour', '45 seconds', '2 days', 'tap_undo', true)$$,
 	$$VALUES ('tap_t', 'non_idempotent'::idempotency_class, 'write'::side_effect_class, 3,
 			  interval '2 seconds', interval '1 minute', 1.5::float8, 'equal'::jitter_mode,
-			  interval '1 hour', interval '45 seconds', interval '2 days', 'tap_undo')$$,
+			  interval '1 hour', interval '45 seconds', interval '2 days', 'tap_undo', true)$$,
 	'register_tool returns the registered row');
 SELECT results_eq(
 	$$SELECT name, idempotency, side_effect, max_attempts, base_delay, max_delay, multiplier, jitter,
-			 deadline, lease, ttl, compensate_tool
+			 deadline, lease, ttl, compensate_tool, requires_approval
 	  FROM tools WHERE name = 'tap_t'$$,
 	$$VALUES ('tap_t', 'non_idempotent'::idempotency_class, 'write'::side_effect_class, 3,
 			  interval '2 seconds', interval '1 minute', 1.5::float8, 'equal'::jitter_mode,
-			  interval '1 hour', interval '45 seconds', interval '2 days', 'tap_undo')$$,
+			  interval '1 hour', interval '45 seconds', interval '2 days', 'tap_undo', true)$$,
 	'the tool is stored as given');
 
 -- every rejected call below must leave the registry exactly as it is now
@@ -107,15 +107,15 @@ SELECT is((SELECT count(*) FROM tools WHERE octet_length(name) = 128), 2::bigint
 CREATE TEMP TABLE first_reg ON COMMIT DROP AS SELECT created_at, updated_at FROM tools WHERE name = 'tap_t';
 SELECT results_eq(
 	$$SELECT name, idempotency, side_effect, max_attempts, base_delay, max_delay, multiplier, jitter,
-			 deadline, lease, ttl, compensate_tool
+			 deadline, lease, ttl, compensate_tool, requires_approval
 	  FROM register_tool('tap_t', 'idempotent', 'read', max_attempts => 9)$$,
 	$$VALUES ('tap_t', 'idempotent'::idempotency_class, 'read'::side_effect_class, 9,
 			  NULL::interval, NULL::interval, NULL::float8, NULL::jitter_mode,
-			  NULL::interval, NULL::interval, NULL::interval, NULL::text)$$,
+			  NULL::interval, NULL::interval, NULL::interval, NULL::text, NULL::boolean)$$,
 	're-register returns the new definition');
 SELECT results_eq(
 	$$SELECT count(*), min(idempotency::text), min(max_attempts), bool_and(base_delay IS NULL AND deadline IS NULL
-				 AND compensate_tool IS NULL)
+				 AND compensate_tool IS NULL AND requires_approval IS NULL)
 	  FROM tools WHERE name = 'tap_t'$$,
 	$$VALUES (1::bigint, 'idempotent', 9, true)$$,
 	're-register replaces the one row of the tool');

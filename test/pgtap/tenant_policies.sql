@@ -1,10 +1,11 @@
 -- Tenant policies: the merge tier default < tool < tenant ('*') < tenant
 -- and tool, field by field, for every field and every combination of the
 -- three levels being set; and the merged policy reaching the decisions,
--- the lease and deadline of a new claim, and the TTL of a completion.
+-- the lease and deadline of a new claim, the TTL of a completion, and the
+-- approval gate of a new claim.
 BEGIN;
 SET LOCAL search_path = public, agentretry;
-SELECT plan(176);
+SELECT plan(275);
 
 -- One distinct value per field and level, so that the value shows which
 -- level it came from.  The tool is a write (tier 2): its defaults are
@@ -93,6 +94,100 @@ END
 $$;
 SELECT pg_temp.others_default(field) FROM levels ORDER BY field;
 
+-- requires_approval is a boolean, so no level can have a value of its own.
+-- For each tier default (write: false, destructive: true) and every
+-- combination of levels set, the highest level set holds top and the lower
+-- levels set hold NOT top, once with top true and once false: the merged
+-- value is always the highest level's, also where it goes back to the tier
+-- default over a lower level; and the first claim of a new key follows it:
+-- approval (awaiting_approval) or execute (in_progress).
+CREATE FUNCTION pg_temp.apply_approval(side side_effect_class, mask int, top boolean) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+	hi int := CASE WHEN mask & 4 <> 0 THEN 4 WHEN mask & 2 <> 0 THEN 2 WHEN mask & 1 <> 0 THEN 1 ELSE 0 END;
+BEGIN
+	PERFORM agentretry.register_tool('pa_tool', 'idempotent', side,
+		requires_approval => CASE WHEN mask & 1 = 0 THEN NULL WHEN hi = 1 THEN top ELSE NOT top END);
+	PERFORM agentretry.drop_tenant_policy('pa', NULL);
+	PERFORM agentretry.drop_tenant_policy('pa', 'pa_tool');
+	IF mask & 2 <> 0 THEN
+		PERFORM agentretry.set_tenant_policy('pa', NULL,
+			requires_approval => CASE WHEN hi = 2 THEN top ELSE NOT top END);
+	END IF;
+	IF mask & 4 <> 0 THEN
+		PERFORM agentretry.set_tenant_policy('pa', 'pa_tool', requires_approval => top);
+	END IF;
+END
+$$;
+
+CREATE FUNCTION pg_temp.check_approval(side side_effect_class, mask int, top boolean) RETURNS SETOF text
+LANGUAGE plpgsql AS $$
+DECLARE
+	want boolean := CASE WHEN mask = 0 THEN side = 'destructive' ELSE top END;
+	want_source text := CASE WHEN mask & 4 <> 0 THEN 'tenant_tool'
+							 WHEN mask & 2 <> 0 THEN 'tenant'
+							 WHEN mask & 1 <> 0 THEN 'tool'
+							 ELSE 'default' END;
+	k text := format('pa-%s-%s-%s', side, mask, top);
+	got record;
+	answer text;
+	label text := format('requires_approval of a %s tool with levels %s', side, mask)
+		|| CASE WHEN mask > 0 THEN format(', the highest level %s', CASE WHEN top THEN 'true' ELSE 'false' END) ELSE '' END;
+BEGIN
+	PERFORM pg_temp.apply_approval(side, mask, top);
+	SELECT p.value, p.source INTO got FROM agentretry.effective_policy('pa', 'pa_tool') p
+	WHERE p.field = 'requires_approval';
+	RETURN NEXT is(got.value, want::text, label || ': value');
+	RETURN NEXT is(got.source, want_source, label || ': source');
+	answer := (agentretry.claim(k, '{}', 'pa_tool', tenant => 'pa')).outcome;
+	answer := answer || '/' || (agentretry.lookup(k, 'pa')).state;
+	RETURN NEXT is(answer,
+				   CASE WHEN want THEN 'approval/awaiting_approval' ELSE 'execute/in_progress' END,
+				   label || ': a new key''s claim');
+END
+$$;
+
+-- 2 tiers x (no level + 7 combinations x 2 values of top) x (value, source, claim) = 90
+SELECT pg_temp.check_approval(s.side, m.mask, t.top)
+FROM unnest(ARRAY['write', 'destructive']::side_effect_class[]) AS s(side),
+	 generate_series(0, 7) AS m(mask),
+	 unnest(ARRAY[true, false]) AS t(top)
+WHERE m.mask > 0 OR t.top
+ORDER BY s.side, m.mask, t.top;
+
+-- setting requires_approval at every level leaves every other field at its default
+SELECT pg_temp.apply_approval('write', 7, true);
+SELECT is((SELECT count(*) FROM effective_policy('pa', 'pa_tool') p
+		   WHERE p.field NOT IN ('requires_approval', 'idempotency', 'side_effect') AND p.source <> 'default'),
+		  0::bigint, 'only requires_approval is overridden');
+
+-- a tenant's override of the gate does not leak into another tenant
+SELECT pg_temp.apply_approval('destructive', 2, false);
+SELECT is((SELECT value || '/' || source FROM effective_policy('pa-other', 'pa_tool') WHERE field = 'requires_approval'),
+		  'true/default', 'another tenant keeps the destructive tier''s gate');
+SELECT is((SELECT outcome::text FROM claim('pa-leak', '{}', 'pa_tool', tenant => 'pa-other')), 'approval',
+		  'and its claim of a new key waits for approval');
+
+-- the gate is decided at the first claim: a later change of the policy
+-- neither releases an operation awaiting approval nor gates one in flight
+SELECT pg_temp.apply_approval('write', 4, true);
+SELECT is((SELECT outcome::text FROM claim('pa-late', '{}', 'pa_tool', tenant => 'pa')), 'approval',
+		  'a write tool gated by the tenant+tool override: approval');
+SELECT pg_temp.apply_approval('write', 4, false);
+SELECT is((SELECT outcome::text FROM claim('pa-late', '{}', 'pa_tool', tenant => 'pa')), 'approval',
+		  'the override set to false: a claim of the operation still answers approval');
+SELECT is((SELECT state::text || '/' || attempts FROM lookup('pa-late', 'pa')), 'awaiting_approval/0',
+		  'and it still awaits approval');
+SELECT is((SELECT d.action::text || '/' || d.reason
+		   FROM claim('pa-flight', '{}', 'pa_tool', tenant => 'pa') c,
+				fail('pa-flight', c.lease_token, 'transient', 'pre_execution', tenant => 'pa') d),
+		  'retry/not_executed', 'an ungated operation executes and fails before execution');
+SELECT pg_temp.apply_approval('write', 4, true);
+UPDATE operations SET next_attempt_at = clock_timestamp() - interval '1 millisecond'
+WHERE tenant = 'pa' AND key = 'pa-flight';
+SELECT is((SELECT outcome::text || '/' || attempt FROM claim('pa-flight', '{}', 'pa_tool', tenant => 'pa')),
+		  'execute/2', 'the gate set meanwhile does not hold up its retry');
+
 -- idempotency and side effect belong to the tool
 SELECT results_eq(
 	$$SELECT field, value, source FROM effective_policy('pm', 'pm_tool')
@@ -105,8 +200,12 @@ SELECT results_eq(
 	$$VALUES ('idempotency', 'unknown', 'default'), ('max_attempts', '2', 'default'),
 			 ('side_effect', 'write', 'default')$$,
 	'an unregistered tool is unknown / write with tier-2 defaults');
-SELECT is((SELECT count(*) FROM effective_policy('pm', 'pm_tool')), 11::bigint,
+SELECT is((SELECT count(*) FROM effective_policy('pm', 'pm_tool')), 12::bigint,
 		  'effective_policy has one row per field');
+SELECT results_eq(
+	$$SELECT field, value, source FROM effective_policy('pm', 'pm_tool') WITH ORDINALITY ORDER BY ordinality DESC LIMIT 1$$,
+	$$VALUES ('requires_approval', 'false', 'default')$$,
+	'the last row is requires_approval');
 
 -- a tenant's override does not leak into another tenant
 SELECT pg_temp.apply_levels('max_attempts', 6);
