@@ -117,8 +117,10 @@ static ArPlan purge_ledger_plan = {
 
 /*
  * Runs idle for the default TTL ($1: now - agentretry.default_ttl) once
- * none of their operations is left, with their context versions.  A claim
- * joining the run holds it FOR KEY SHARE and is skipped.
+ * none of their operations is left, with their context versions.  (A
+ * claim of a new key that reads such a run in the instant it is purged
+ * makes a step whose run is gone; the next claim or retry naming the run
+ * starts it again.)
  */
 static ArPlan purge_runs_plan = {
 	"WITH gone AS ("
