@@ -57,7 +57,7 @@ complete_refused(Operation *done, int64 lease_token, Jsonb *result,
 		if (ar_trace_all)
 			record_simple_event("complete", &op, NULL, now);
 		if (op.compensating)
-			saga_succeeded(&op, now);
+			saga_advance(op.tenant, op.run_id, now);
 		return;
 	}
 	/* the row changed between the UPDATE and this read */
@@ -239,7 +239,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		record_simple_event("resolve", &op, "verified_executed", now);
 		if (op.compensating)
-			saga_succeeded(&op, now);
+			saga_advance(op.tenant, op.run_id, now);
 	}
 	else
 		resolve_not_executed(&op, now);

@@ -50,7 +50,7 @@ static ArPlan read_plans[] = {
 
 static ArPlan set_state_plan = {
 	"UPDATE agentretry.runs SET state = $3::agentretry.run_state, updated_at = $4,"
-	" finished_at = CASE WHEN $5 THEN $4 ELSE finished_at END"
+	" finished_at = CASE WHEN $5 THEN $4 END"
 	" WHERE tenant = $1 AND run_id = $2",
 	5, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BOOLOID}
 };
@@ -124,7 +124,10 @@ run_state_final(RunState s)
 		s == RUN_NEEDS_REVIEW;
 }
 
-/* Move a locked run to state; a final state records when it finished. */
+/*
+ * Move a locked run to state; a final state records when it finished, any
+ * other (a compensation reopened by a late success) clears it.
+ */
 void
 run_set_state(const char *tenant, const char *run_id, RunState state,
 			  TimestampTz now)

@@ -275,13 +275,3 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 	}
 	return scheduled;
 }
-
-/*
- * A step or a compensation of a run being compensated succeeded: the saga
- * moves on (a late step gets its compensation, scheduled by the sync).
- */
-void
-saga_succeeded(const Operation *op, TimestampTz now)
-{
-	saga_advance(op->tenant, op->run_id, now);
-}

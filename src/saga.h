@@ -14,7 +14,6 @@
 
 extern int	saga_advance(const char *tenant, const char *run_id,
 						 TimestampTz now);
-extern void saga_succeeded(const Operation *op, TimestampTz now);
 extern void record_run_event(const char *kind, const char *tenant,
 							 const char *run_id, const char *reason,
 							 bool by_actor, TimestampTz now);
