@@ -10,10 +10,9 @@
  * verification to hand out) re-reads the row FOR UPDATE and decides again
  * under the lock, since another claimant may have acted in between.
  *
- * A new key that names a run joins it (starting it if unknown; runs.c): a
- * run that is no longer running accepts no new step.  The run is read, not
- * locked: a step claimed while its run turns to compensating is found by
- * the saga afterwards (saga.c).  A new key whose policy
+ * A new key that names a run joins it (starting it if unknown) and holds
+ * the run FOR KEY SHARE until the claim commits (runs.c): a run that is no
+ * longer running accepts no new step.  A new key whose policy
  * requires approval is recorded as awaiting_approval and answers
  * approval.
  *

@@ -14,8 +14,8 @@
  * Locks: checkpoint() bumps the run's context_version with one UPDATE
  * (FOR NO KEY UPDATE on the run's row until commit), so concurrent
  * checkpoints of one run are serialised and a stale expected_version is
- * seen after the wait.  compensate() locks the run FOR NO KEY UPDATE and
- * touches its steps only with SKIP LOCKED (saga.c).
+ * seen after the wait.  compensate() locks the run FOR UPDATE (runs.c)
+ * and touches its steps only with SKIP LOCKED (saga.c).
  *
  * src/run.c
  *
@@ -364,7 +364,8 @@ agentretry_compensate(PG_FUNCTION_ARGS)
 	ArSpi		spi;
 
 	ar_spi_begin(&spi);
-	if (!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE, &run))
+	/* FOR UPDATE: waits for claims starting steps, and they for us */
+	if (!run_read(tenant, run_id, RUN_LOCK_UPDATE, &run))
 		report_unknown_run(tenant, run_id);
 	if (run.state == RUN_RUNNING || run.state == RUN_SUCCEEDED ||
 		run.state == RUN_FAILED)

@@ -10,8 +10,18 @@
  * operation's row lock and then lock its run (a failure debiting the
  * run's retry counter, a step moving a saga on), never the other way
  * round: whoever holds a run's lock only locks operations with SKIP LOCKED
- * (saga.c), so no two transactions can wait for each other.  A claim of a
- * new key reads the run without locking it.
+ * (saga.c), so no two transactions can wait for each other.
+ *
+ * A claim of a new key holds its run FOR KEY SHARE until it commits; that
+ * conflicts only with FOR UPDATE.  compensate() takes the run FOR UPDATE
+ * before it changes the run's state, so it waits for claims that are
+ * starting steps (holding no operation's lock meanwhile), and a claim
+ * arriving later waits for it and then reads the changed row (a lock that
+ * conflicts with the updater's makes the read follow the update), and is
+ * refused.  A saga's later advances take FOR UPDATE with SKIP LOCKED
+ * before making a compensation due, to see without waiting whether a
+ * claim is still starting a step.  The sweep's purge skips runs claims
+ * hold the same way.
  *
  * src/runs.c
  *
@@ -27,7 +37,7 @@
 
 static ArPlan join_plan = {
 	"SELECT r.state::text FROM agentretry.runs r"
-	" WHERE r.tenant = $1 AND r.run_id = $2",
+	" WHERE r.tenant = $1 AND r.run_id = $2 FOR KEY SHARE",
 	2, {TEXTOID, TEXTOID}
 };
 
@@ -46,6 +56,7 @@ static ArPlan start_plan = {
 static ArPlan read_plans[] = {
 	[RUN_LOCK_NONE] = {RUN_COLUMNS, 2, {TEXTOID, TEXTOID}},
 	[RUN_LOCK_NO_KEY_UPDATE] = {RUN_COLUMNS " FOR NO KEY UPDATE", 2, {TEXTOID, TEXTOID}},
+	[RUN_LOCK_UPDATE] = {RUN_COLUMNS " FOR UPDATE", 2, {TEXTOID, TEXTOID}},
 };
 
 static ArPlan set_state_plan = {
@@ -63,9 +74,8 @@ state_of(const char *label)
 
 /*
  * The state of the run that a claim of a new key names, starting the run
- * when it does not exist (implicit start).  Not locked: a step that
- * starts while its run turns to compensating is found by the saga later
- * (saga.c).
+ * when it does not exist (implicit start), held FOR KEY SHARE until the
+ * caller's transaction ends.
  */
 RunState
 run_join(const char *tenant, const char *run_id, TimestampTz now)

@@ -28,7 +28,8 @@ typedef struct Run
 typedef enum RunLock
 {
 	RUN_LOCK_NONE,
-	RUN_LOCK_NO_KEY_UPDATE		/* changes of the run */
+	RUN_LOCK_NO_KEY_UPDATE,		/* changes of the run */
+	RUN_LOCK_UPDATE				/* a change that claims of new keys wait for */
 } RunLock;
 
 extern RunState run_join(const char *tenant, const char *run_id,

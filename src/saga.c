@@ -21,7 +21,8 @@
  *	  due time (pending).
  *
  * Only one compensation of a run is active (leased, being verified, or
- * due) at a time, and none while a step is in flight; when none is, the
+ * due) at a time, and none while a step is in flight or being started (a
+ * claim of a new key that has not committed yet); when none is, the
  * pending one whose step completed last falls due, so compensations run
  * strictly in reverse completion order, each claimed, retried, budgeted and
  * verified like any other operation.  When nothing is pending, active or
@@ -101,6 +102,18 @@ static ArPlan mark_in_flight_plan = {
 	"  AND x.state IN ('in_progress', 'verify') AND NOT x.compensating"
 	"  FOR UPDATE SKIP LOCKED) m"
 	" WHERE o.tenant = m.tenant AND o.key = m.key",
+	2, {TEXTOID, TEXTOID}
+};
+
+/*
+ * Is no claim starting a step in the run?  Claims of new keys hold it FOR
+ * KEY SHARE: taking FOR UPDATE with SKIP LOCKED answers without waiting,
+ * and once taken makes later claims wait (and then refuse the step: the
+ * run is no longer running).
+ */
+static ArPlan no_claim_open_plan = {
+	"SELECT FROM agentretry.runs r WHERE r.tenant = $1 AND r.run_id = $2"
+	" FOR UPDATE SKIP LOCKED",
 	2, {TEXTOID, TEXTOID}
 };
 
@@ -258,6 +271,8 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 		next = RUN_NEEDS_REVIEW;
 	else if (active > 0 || in_flight > 0)
 		next = RUN_COMPENSATING;
+	else if (ar_run(&no_claim_open_plan, values, NULL, false) == 0)
+		next = RUN_COMPENSATING;	/* a step being started counts as in flight */
 	else if (pending > 0)
 	{
 		next = RUN_COMPENSATING;

@@ -117,10 +117,8 @@ static ArPlan purge_ledger_plan = {
 
 /*
  * Runs idle for the default TTL ($1: now - agentretry.default_ttl) once
- * none of their operations is left, with their context versions.  (A
- * claim of a new key that reads such a run in the instant it is purged
- * makes a step whose run is gone; the next claim or retry naming the run
- * starts it again.)
+ * none of their operations is left, with their context versions.  A run
+ * that a claim of a new key is joining (FOR KEY SHARE) is skipped.
  */
 static ArPlan purge_runs_plan = {
 	"WITH gone AS ("
