@@ -56,6 +56,7 @@ static ArPlan start_plan = {
 static ArPlan read_plans[] = {
 	[RUN_LOCK_NONE] = {RUN_COLUMNS, 2, {TEXTOID, TEXTOID}},
 	[RUN_LOCK_NO_KEY_UPDATE] = {RUN_COLUMNS " FOR NO KEY UPDATE", 2, {TEXTOID, TEXTOID}},
+	[RUN_LOCK_NO_KEY_UPDATE_SKIP] = {RUN_COLUMNS " FOR NO KEY UPDATE SKIP LOCKED", 2, {TEXTOID, TEXTOID}},
 	[RUN_LOCK_UPDATE] = {RUN_COLUMNS " FOR UPDATE", 2, {TEXTOID, TEXTOID}},
 };
 
@@ -102,7 +103,12 @@ run_join(const char *tenant, const char *run_id, TimestampTz now)
 	return RUN_RUNNING;			/* keep compiler quiet */
 }
 
-/* Read (and lock, as asked) a run; false when it does not exist. */
+/*
+ * Read (and lock, as asked) a run; false when it does not exist (or, with
+ * SKIP, another transaction holds it).  Even unlocked, the read takes a
+ * fresh snapshot: a caller that waited for a lock sees what committed
+ * meanwhile.
+ */
 bool
 run_read(const char *tenant, const char *run_id, RunLock lock, Run *run)
 {
@@ -112,7 +118,7 @@ run_read(const char *tenant, const char *run_id, RunLock lock, Run *run)
 
 	values[0] = CStringGetTextDatum(tenant);
 	values[1] = CStringGetTextDatum(run_id);
-	if (ar_run(&read_plans[lock], values, NULL, lock == RUN_LOCK_NONE) == 0)
+	if (ar_run(&read_plans[lock], values, NULL, false) == 0)
 		return false;
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;

@@ -29,6 +29,7 @@ typedef enum RunLock
 {
 	RUN_LOCK_NONE,
 	RUN_LOCK_NO_KEY_UPDATE,		/* changes of the run */
+	RUN_LOCK_NO_KEY_UPDATE_SKIP,	/* the same, or nothing if another holds it */
 	RUN_LOCK_UPDATE				/* a change that claims of new keys wait for */
 } RunLock;
 

@@ -30,11 +30,11 @@
  * cancelled) makes it needs_review, and nothing new falls due until an
  * operator requeues it.
  *
- * Locks: saga_advance() locks the run FOR NO KEY UPDATE (so advances of
+ * Locks: saga_advance() locks the run FOR NO KEY UPDATE, or leaves the
+ * advance to a later one when another transaction holds it (so advances of
  * one run are serialised and two compensations never fall due at once),
- * and then touches the run's operations only with SKIP LOCKED: a caller
- * may hold an operation's lock while it waits for the run's, never the
- * reverse, so no deadlock is possible.  An operation skipped because
+ * and touches the run's operations only with SKIP LOCKED: it never waits
+ * for a lock, so it cannot take part in a deadlock.  An operation skipped because
  * another transaction holds it is brought up to date by the next advance:
  * that transaction's own change (its transition looks at the run's state,
  * transition.c; a completion of a step of a run that is not running is
@@ -117,7 +117,12 @@ static ArPlan no_claim_open_plan = {
 	2, {TEXTOID, TEXTOID}
 };
 
-/* what the run's operations say about the saga */
+/*
+ * What the run's operations say about the saga.  Steps in flight include
+ * those still waiting for a retry or approval: the sync cancelled every one
+ * it could lock, so one left is held by a transaction that may be starting
+ * it (a claim of its retry in pattern A).
+ */
 static ArPlan progress_plan = {
 	"SELECT"
 	" count(*) FILTER (WHERE o.compensation_of IS NOT NULL"
@@ -128,7 +133,7 @@ static ArPlan progress_plan = {
 	" count(*) FILTER (WHERE o.compensation_of IS NOT NULL"
 	"  AND o.state = 'retry_wait' AND o.next_attempt_at IS NULL),"
 	" count(*) FILTER (WHERE o.compensation_of IS NULL"
-	"  AND o.state IN ('in_progress', 'verify'))"
+	"  AND o.state IN ('in_progress', 'verify', 'retry_wait', 'awaiting_approval'))"
 	" FROM agentretry.operations o WHERE o.tenant = $1 AND o.run_id = $2",
 	2, {TEXTOID, TEXTOID}
 };
@@ -231,7 +236,11 @@ saga_sync(Datum *values, TimestampTz now)
  * Move the compensation of run_id on: bring its steps up to date, then
  * make the next compensation due, or end the run compensated or
  * needs_review.  Nothing for a run that is not being (or was not)
- * compensated.  Returns how many compensations were scheduled.
+ * compensated, nor for one that another transaction holds: its holder
+ * may be waiting for the operation our caller holds (a checkpoint() and
+ * then a complete() in one transaction), so we do not wait; a later
+ * change, or the sweep, moves the saga on.  Returns how many compensations
+ * were scheduled.
  */
 int
 saga_advance(const char *tenant, const char *run_id, TimestampTz now)
@@ -249,7 +258,7 @@ saga_advance(const char *tenant, const char *run_id, TimestampTz now)
 	TupleDesc	desc;
 
 	if (run_id == NULL ||
-		!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE, &run) ||
+		!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE_SKIP, &run) ||
 		(run.state != RUN_COMPENSATING && run.state != RUN_NEEDS_REVIEW &&
 		 run.state != RUN_COMPENSATED))
 		return 0;
