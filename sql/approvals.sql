@@ -18,42 +18,7 @@ SELECT name, side_effect, requires_approval FROM agentretry.register_tool('ap_wr
 SELECT name, side_effect, requires_approval FROM agentretry.register_tool('ap_write',
 	'idempotent', 'write');
 
--- Everything agentretry stores about operations and runs.  SECURITY
--- DEFINER so that roles without any privilege on the tables can be checked.
-CREATE FUNCTION ap_digest() RETURNS text
-LANGUAGE sql VOLATILE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp
-AS $$
-	SELECT md5(concat_ws(E'\f',
-		(SELECT string_agg(o::text, E'\n' ORDER BY o.tenant, o.key) FROM agentretry.operations o),
-		(SELECT string_agg(e::text, E'\n' ORDER BY e.tenant, e.id) FROM agentretry.events e),
-		(SELECT string_agg(r::text, E'\n' ORDER BY r.tenant, r.run_id) FROM agentretry.runs r),
-		(SELECT string_agg(l::text, E'\n' ORDER BY l.tenant, l.id) FROM agentretry.budget_ledger l)))
-$$;
-
--- Runs a statement and says how it ended ('ok: ' and its single value, or
--- SQLSTATE, message and detail) and whether anything stored changed.
-CREATE FUNCTION ap_try(stmt text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-	before text := ap_digest();
-	res text;
-	state text;
-	msg text;
-	det text;
-BEGIN
-	BEGIN
-		EXECUTE stmt INTO res;
-		res := 'ok: ' || coalesce(res, 'NULL');
-	EXCEPTION WHEN OTHERS THEN
-		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-			det = PG_EXCEPTION_DETAIL;
-		res := state || ': ' || msg || CASE WHEN det <> '' THEN ' / ' || det ELSE '' END;
-	END;
-	RETURN res || CASE WHEN ap_digest() = before THEN ' (unchanged)' ELSE ' (DATA CHANGED)' END;
-END
-$$;
-GRANT EXECUTE ON FUNCTION ap_digest(), ap_try(text) TO PUBLIC;
+GRANT EXECUTE ON FUNCTION ap_digest(), try_stmt(text) TO PUBLIC;
 
 -- the policy field: true by default for destructive tools only, or as
 -- the tool says
@@ -80,10 +45,10 @@ SELECT state, attempts, lease_token, lease_owner, lease_expires_at, next_attempt
 FROM agentretry.lookup('ap-del-1', 'ap');
 CREATE TABLE ap_before AS SELECT * FROM agentretry.operations WHERE tenant = 'ap';
 -- every later claim answers the same, whoever asks, and changes nothing
-SELECT ap_try($$SELECT row(outcome, attempt, lease_token, reason)::text FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap', owner => 'worker-1')$$);
-SELECT ap_try($$SELECT row(outcome, attempt, lease_token, reason)::text FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap', owner => 'worker-2')$$);
+SELECT try_stmt($$SELECT row(outcome, attempt, lease_token, reason)::text FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap', owner => 'worker-1')$$);
+SELECT try_stmt($$SELECT row(outcome, attempt, lease_token, reason)::text FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap', owner => 'worker-2')$$);
 -- other args: a fingerprint conflict
-SELECT ap_try($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/"}', 'ap_delete', 'ap')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/"}', 'ap_delete', 'ap')$$);
 SELECT o = b AS unchanged FROM agentretry.operations o JOIN ap_before b USING (tenant, key)
 WHERE o.tenant = 'ap' AND o.key = 'ap-del-1';
 -- claim_due never hands it out
@@ -106,17 +71,17 @@ SELECT kind, key, attempt, reason, owner FROM agentretry.events WHERE tenant = '
 -- who decides: an agent may not, an operator may
 --
 SET ROLE regress_ar_ap_agent;
-SELECT ap_try($$SELECT agentretry.approve('ap-del-1', 'ap', 'fine by me')$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-del-1', 'ap', 'no')$$);
-SELECT ap_try($$SELECT count(*) FROM agentretry.approval_queue$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-del-1', 'ap', 'fine by me')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-del-1', 'ap', 'no')$$);
+SELECT try_stmt($$SELECT count(*) FROM agentretry.approval_queue$$);
 RESET ROLE;
 SET ROLE regress_ar_ap_oper;
 SELECT agentretry.approve('ap-del-1', 'ap', 'checked: only temp files');
 -- approving or rejecting it again: AR004
-SELECT ap_try($$SELECT agentretry.approve('ap-del-1', 'ap')$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-del-1', 'ap', 'changed my mind')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-del-1', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-del-1', 'ap', 'changed my mind')$$);
 -- an operator does not execute it
-SELECT ap_try($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap')$$);
 RESET ROLE;
 -- approved: due now, still no attempt and no deadline
 SELECT state, attempts, lease_token, lease_expires_at, next_attempt_at <= clock_timestamp() AS due,
@@ -126,7 +91,7 @@ SELECT count(*) AS queued FROM agentretry.approval_queue WHERE tenant = 'ap';
 SELECT kind, key, reason, message, actor FROM agentretry.events
 WHERE tenant = 'ap' AND kind = 'approved' ORDER BY id;
 -- approval binds to the stored args
-SELECT ap_try($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/"}', 'ap_delete', 'ap')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('ap-del-1', '{"path": "/"}', 'ap_delete', 'ap')$$);
 -- the next claim executes it: attempt 1, and the deadline starts now
 SET ROLE regress_ar_ap_agent;
 SELECT outcome, attempt, lease_token, lease_expires_at > clock_timestamp() AS leased, reason
@@ -140,10 +105,10 @@ WHERE o.tenant = 'ap' AND o.key = 'ap-del-1';
 SELECT agentretry.complete('ap-del-1', 2, '{"deleted": 3}', 'ap');
 SELECT outcome, result FROM agentretry.claim('ap-del-1', '{"path": "/tmp/a"}', 'ap_delete', 'ap');
 -- approve of an operation that is not awaiting approval: AR004
-SELECT ap_try($$SELECT agentretry.approve('ap-del-1', 'ap')$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-del-1', 'ap', 'too late')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-del-1', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-del-1', 'ap', 'too late')$$);
 SELECT outcome FROM agentretry.claim('ap-write-1', '{}', 'ap_write', 'ap');
-SELECT ap_try($$SELECT agentretry.approve('ap-write-1', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-write-1', 'ap')$$);
 
 --
 -- claim_due executes an approved operation; a failed attempt of an
@@ -171,8 +136,8 @@ WHERE tenant = 'ap' AND kind = 'approved' AND key = 'ap-del-2';
 SELECT outcome FROM agentretry.claim('ap-del-3', '{"path": "/home"}', 'ap_delete', 'ap');
 SET ROLE regress_ar_ap_oper;
 SELECT agentretry.reject('ap-del-3', 'ap', 'deletes home directories');
-SELECT ap_try($$SELECT agentretry.reject('ap-del-3', 'ap', 'again')$$);
-SELECT ap_try($$SELECT agentretry.approve('ap-del-3', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-del-3', 'ap', 'again')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-del-3', 'ap')$$);
 RESET ROLE;
 SELECT state, attempts, reason, last_failure_message, lease_expires_at, next_attempt_at,
 	completed_at = updated_at AS completed_now, expires_at > completed_at AS expires
@@ -225,19 +190,19 @@ SELECT outcome FROM agentretry.claim('ap-lvl-ap_write_gated', '{}', 'ap_write_ga
 --
 -- bad input
 --
-SELECT ap_try($$SELECT agentretry.approve(NULL, 'ap')$$);
-SELECT ap_try($$SELECT agentretry.approve('', 'ap')$$);
-SELECT ap_try($$SELECT agentretry.approve(repeat('k', 513), 'ap')$$);
-SELECT ap_try($$SELECT agentretry.approve('ap-nope', 'ap')$$);
-SELECT ap_try($$SELECT agentretry.approve('ap-gated-1', 'ap-elsewhere')$$);
-SELECT ap_try($$SELECT agentretry.reject(NULL, 'ap', 'no')$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-gated-1', 'ap', NULL)$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-nope', 'ap', 'no')$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-gated-1', 'ap-elsewhere', 'no')$$);
-SELECT ap_try($$SELECT agentretry.reject('', 'ap', 'no')$$);
+SELECT try_stmt($$SELECT agentretry.approve(NULL, 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.approve('', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.approve(repeat('k', 513), 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-nope', 'ap')$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-gated-1', 'ap-elsewhere')$$);
+SELECT try_stmt($$SELECT agentretry.reject(NULL, 'ap', 'no')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-gated-1', 'ap', NULL)$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-nope', 'ap', 'no')$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-gated-1', 'ap-elsewhere', 'no')$$);
+SELECT try_stmt($$SELECT agentretry.reject('', 'ap', 'no')$$);
 SET agentretry.max_payload = 1024;
-SELECT ap_try($$SELECT agentretry.approve('ap-gated-1', 'ap', repeat('n', 1025))$$);
-SELECT ap_try($$SELECT agentretry.reject('ap-gated-1', 'ap', repeat('n', 1025))$$);
+SELECT try_stmt($$SELECT agentretry.approve('ap-gated-1', 'ap', repeat('n', 1025))$$);
+SELECT try_stmt($$SELECT agentretry.reject('ap-gated-1', 'ap', repeat('n', 1025))$$);
 RESET agentretry.max_payload;
 SELECT state, reason FROM agentretry.lookup('ap-gated-1', 'ap');
 -- requires_approval NULL is the default of the tier
@@ -247,7 +212,7 @@ SELECT field, value, source FROM agentretry.effective_policy('ap', 'ap_x') WHERE
 
 -- leave nothing behind for the files that follow
 DROP TABLE ap_before;
-DROP FUNCTION ap_try(text), ap_digest();
+DROP FUNCTION try_stmt(text), ap_digest();
 DROP ROLE regress_ar_ap_agent, regress_ar_ap_oper;
 SELECT agentretry.drop_tenant_policy('ap-strict', 'ap_write');
 SELECT agentretry.drop_tenant_policy('ap-lax', NULL);

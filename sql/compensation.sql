@@ -36,39 +36,6 @@ WHERE field = 'compensate_tool';
 SELECT field, value, source FROM agentretry.effective_policy('cp-other', 'cp_charge')
 WHERE field = 'compensate_tool';
 
--- Everything agentretry stores about operations and runs
-CREATE FUNCTION cp_digest() RETURNS text
-LANGUAGE sql AS $$
-	SELECT md5(concat_ws(E'\f',
-		(SELECT string_agg(o::text, E'\n' ORDER BY o.tenant, o.key) FROM agentretry.operations o),
-		(SELECT string_agg(e::text, E'\n' ORDER BY e.tenant, e.id) FROM agentretry.events e),
-		(SELECT string_agg(r::text, E'\n' ORDER BY r.tenant, r.run_id) FROM agentretry.runs r),
-		(SELECT string_agg(l::text, E'\n' ORDER BY l.tenant, l.id) FROM agentretry.budget_ledger l)))
-$$;
-
--- Runs a statement and says how it ended ('ok: ' and its single value, or
--- SQLSTATE, message and detail) and whether anything stored changed.
-CREATE FUNCTION cp_try(stmt text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-	before text := cp_digest();
-	res text;
-	state text;
-	msg text;
-	det text;
-BEGIN
-	BEGIN
-		EXECUTE stmt INTO res;
-		res := 'ok: ' || coalesce(res, 'NULL');
-	EXCEPTION WHEN OTHERS THEN
-		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-			det = PG_EXCEPTION_DETAIL;
-		res := state || ': ' || msg || CASE WHEN det <> '' THEN ' / ' || det ELSE '' END;
-	END;
-	RETURN res || CASE WHEN cp_digest() = before THEN ' (unchanged)' ELSE ' (DATA CHANGED)' END;
-END
-$$;
-
 -- A step of run r that succeeded: claimed and completed by worker-1
 CREATE FUNCTION cp_step(r text, k text, tool text, args jsonb, result jsonb,
 	comp_tool text DEFAULT NULL, comp_args jsonb DEFAULT NULL)
@@ -133,7 +100,7 @@ SELECT outcome, attempt, lease_token, retry_at, reason
 FROM agentretry.claim('cp-1-charge:compensate',
 	'{"key": "cp-1-charge", "args": {"amount": 30}, "result": {"charge": "ch_1"}}', 'cp_refund', 'cp');
 -- ... and with other args is a fingerprint conflict, like any claim
-SELECT cp_try($$SELECT outcome FROM agentretry.claim('cp-1-ship:compensate', '{"shipment": 8}', 'cp_unship', 'cp')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('cp-1-ship:compensate', '{"shipment": 8}', 'cp_unship', 'cp')$$);
 -- claim_due hands out exactly one: the due one
 SELECT key, tool, args, attempt, lease_token, run_id, step
 FROM agentretry.claim_due('worker-2', max => 10, tenant => 'cp');
@@ -175,7 +142,7 @@ SELECT key FROM agentretry.claim_due('worker-2', max => 10, tenant => 'cp');
 SELECT key, state, compensating FROM agentretry.operations
 WHERE tenant = 'cp' AND run_id = 'cp-1' AND compensation_of IS NULL ORDER BY key;
 -- compensate again: nothing new, 0
-SELECT cp_try($$SELECT agentretry.compensate('cp-1', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('cp-1', 'cp')$$);
 -- the trace, with the run's workflow version and correlation id; the
 -- compensate event names who asked
 SELECT kind, key, attempt, reason, workflow_version, correlation_id,
@@ -290,8 +257,8 @@ SELECT outcome, retry_at, reason FROM agentretry.claim('cp-5-a:compensate',
 SELECT key, tool, reason, run_id, step, last_failure_code, last_failure_message
 FROM agentretry.dead_letters WHERE tenant = 'cp';
 -- compensate again changes nothing
-SELECT cp_try($$SELECT agentretry.compensate('cp-5', 'cp')$$);
-SELECT cp_try($$SELECT agentretry.finish_run('cp-5', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('cp-5', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('cp-5', 'cp')$$);
 -- the operator requeues it: the saga resumes
 SELECT agentretry.requeue('cp-5-b:compensate', 'cp');
 SELECT * FROM cp_status WHERE run_id = 'cp-5';
@@ -351,21 +318,21 @@ SELECT * FROM cp_status WHERE run_id = 'cp-7';
 SELECT cp_step('cp-6', 'cp-6-a', 'cp_email', '{}', '{}');
 SELECT agentretry.compensate('cp-6', 'cp');
 SELECT * FROM cp_status WHERE run_id = 'cp-6';
-SELECT cp_try($$SELECT agentretry.compensate('cp-6', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('cp-6', 'cp')$$);
 
 --
 -- bad input
 --
-SELECT cp_try($$SELECT agentretry.compensate('cp-nope', 'cp')$$);
-SELECT cp_try($$SELECT agentretry.compensate('cp-1', 'cp-elsewhere')$$);
-SELECT cp_try($$SELECT agentretry.compensate(NULL, 'cp')$$);
-SELECT cp_try($$SELECT agentretry.compensate('', 'cp')$$);
-SELECT cp_try($$SELECT agentretry.compensate(repeat('r', 513), 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('cp-nope', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('cp-1', 'cp-elsewhere')$$);
+SELECT try_stmt($$SELECT agentretry.compensate(NULL, 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('', 'cp')$$);
+SELECT try_stmt($$SELECT agentretry.compensate(repeat('r', 513), 'cp')$$);
 SELECT count(*) AS runs FROM agentretry.runs WHERE run_id = 'cp-nope' OR tenant = 'cp-elsewhere';
 
 -- leave nothing behind for the files that follow
 DROP VIEW cp_comps, cp_status;
-DROP FUNCTION cp_step(text, text, text, jsonb, jsonb, text, jsonb), cp_try(text), cp_digest();
+DROP FUNCTION cp_step(text, text, text, jsonb, jsonb, text, jsonb), try_stmt(text), cp_digest();
 DROP ROLE regress_ar_cp_agent;
 SELECT agentretry.drop_tenant_policy('cp', 'cp_charge');
 DELETE FROM agentretry.events WHERE tenant = 'cp';

@@ -10,42 +10,6 @@ SELECT name FROM agentretry.register_tool('rn_fast', 'idempotent', 'read',
 SELECT name FROM agentretry.register_tool('rn_nonidem', 'non_idempotent', 'write');
 SELECT name FROM agentretry.register_tool('rn_destr', 'idempotent', 'destructive');
 
--- Everything agentretry stores about operations and runs
-CREATE FUNCTION rn_digest() RETURNS text
-LANGUAGE sql AS $$
-	SELECT md5(concat_ws(E'\f',
-		(SELECT string_agg(o::text, E'\n' ORDER BY o.tenant, o.key) FROM agentretry.operations o),
-		(SELECT string_agg(e::text, E'\n' ORDER BY e.tenant, e.id) FROM agentretry.events e),
-		(SELECT string_agg(r::text, E'\n' ORDER BY r.tenant, r.run_id) FROM agentretry.runs r),
-		(SELECT string_agg(c::text, E'\n' ORDER BY c.tenant, c.run_id, c.version)
-		 FROM agentretry.run_context c),
-		(SELECT string_agg(l::text, E'\n' ORDER BY l.tenant, l.id) FROM agentretry.budget_ledger l)))
-$$;
-
--- Runs a statement and says how it ended: 'ok: ' and its single value, or
--- SQLSTATE, message and detail, and whether anything stored changed.
-CREATE FUNCTION rn_try(stmt text) RETURNS text
-LANGUAGE plpgsql AS $$
-DECLARE
-	before text := rn_digest();
-	res text;
-	state text;
-	msg text;
-	det text;
-BEGIN
-	BEGIN
-		EXECUTE stmt INTO res;
-		RETURN 'ok: ' || coalesce(res, 'NULL');
-	EXCEPTION WHEN OTHERS THEN
-		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
-			det = PG_EXCEPTION_DETAIL;
-	END;
-	RETURN state || ': ' || msg
-		|| CASE WHEN det <> '' THEN ' / ' || det ELSE '' END
-		|| CASE WHEN rn_digest() = before THEN ' (unchanged)' ELSE ' (DATA CHANGED)' END;
-END
-$$;
-
 -- a run's row, without its times
 CREATE VIEW rn_runs AS
 SELECT run_id, state, workflow_version, correlation_id, max_retry_events, retry_events,
@@ -69,8 +33,8 @@ SELECT agentretry.start_run('rn-1', 'rn', 'wf-1', 9, 'corr-9');
 SELECT r = b AS unchanged FROM agentretry.runs r JOIN rn_before b USING (tenant, run_id)
 WHERE r.tenant = 'rn' AND r.run_id = 'rn-1';
 -- another workflow version: AR001, nothing changes
-SELECT rn_try($$SELECT agentretry.start_run('rn-1', 'rn', 'wf-2')$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-1', 'rn', 'wf-2', 3, 'corr-1')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-1', 'rn', 'wf-2')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-1', 'rn', 'wf-2', 3, 'corr-1')$$);
 SELECT r = b AS unchanged FROM agentretry.runs r JOIN rn_before b USING (tenant, run_id)
 WHERE r.tenant = 'rn' AND r.run_id = 'rn-1';
 
@@ -83,7 +47,7 @@ SELECT agentretry.start_run('rn-2', 'rn', 'wf-2', 4, 'corr-other');
 SELECT * FROM rn_runs WHERE run_id = 'rn-2';
 SELECT agentretry.start_run('rn-2', 'rn', 'wf-2', 0, 'corr-x');
 SELECT * FROM rn_runs WHERE run_id = 'rn-2';
-SELECT rn_try($$SELECT agentretry.start_run('rn-2', 'rn', 'wf-1')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-2', 'rn', 'wf-1')$$);
 -- the same run id in another tenant is another run
 SELECT agentretry.start_run('rn-2', 'rn-other', 'wf-other');
 SELECT tenant, run_id, workflow_version FROM agentretry.runs
@@ -133,7 +97,7 @@ SELECT agentretry.finish_run('rn-ok', 'rn', true);
 SELECT r = b AS unchanged FROM agentretry.runs r JOIN rn_before b USING (tenant, run_id)
 WHERE r.tenant = 'rn' AND r.run_id = 'rn-ok';
 -- the other outcome: AR004
-SELECT rn_try($$SELECT agentretry.finish_run('rn-ok', 'rn', false)$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-ok', 'rn', false)$$);
 -- a finished run is still started: start_run returns its state
 SELECT agentretry.start_run('rn-ok', 'rn', 'wf-1');
 
@@ -141,8 +105,8 @@ SELECT agentretry.start_run('rn-bad', 'rn');
 SELECT agentretry.finish_run('rn-bad', 'rn', false);
 SELECT * FROM rn_runs WHERE run_id = 'rn-bad';
 SELECT agentretry.finish_run('rn-bad', 'rn', false);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-bad', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-bad', 'rn', true)$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-bad', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-bad', 'rn', true)$$);
 
 -- finishing with a step still open is allowed; the step stays as it is
 SELECT outcome FROM agentretry.claim('rn-open-a', '{}', 'rn_idem', 'rn', run_id => 'rn-open', step => 'a');
@@ -161,7 +125,7 @@ FROM agentretry.events WHERE tenant = 'rn' AND kind = 'finish_run' ORDER BY id;
 -- claims of its existing keys are answered as before
 --
 -- succeeded
-SELECT rn_try($$SELECT outcome FROM agentretry.claim('rn-ok-b', '{}', 'rn_idem', 'rn', run_id => 'rn-ok', step => 'b')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('rn-ok-b', '{}', 'rn_idem', 'rn', run_id => 'rn-ok', step => 'b')$$);
 SELECT count(*) AS inserted FROM agentretry.operations WHERE tenant = 'rn' AND key = 'rn-ok-b';
 SELECT outcome, result FROM agentretry.claim('rn-ok-a', '{}', 'rn_idem', 'rn', run_id => 'rn-ok', step => 'a');
 -- failed, with a step waiting for its retry: the claim of that step
@@ -170,7 +134,7 @@ SELECT agentretry.start_run('rn-f', 'rn');
 SELECT outcome FROM agentretry.claim('rn-f-a', '{}', 'rn_idem', 'rn', run_id => 'rn-f', step => 'a');
 SELECT action FROM agentretry.fail('rn-f-a', 1, 'transient', 'pre_execution', tenant => 'rn');
 SELECT agentretry.finish_run('rn-f', 'rn', false);
-SELECT rn_try($$SELECT outcome FROM agentretry.claim('rn-f-b', '{}', 'rn_idem', 'rn', run_id => 'rn-f')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('rn-f-b', '{}', 'rn_idem', 'rn', run_id => 'rn-f')$$);
 SELECT count(*) AS inserted FROM agentretry.operations WHERE tenant = 'rn' AND key = 'rn-f-b';
 SELECT outcome, attempt, retry_at > clock_timestamp() AS later
 FROM agentretry.claim('rn-f-a', '{}', 'rn_idem', 'rn', run_id => 'rn-f', step => 'a');
@@ -181,26 +145,26 @@ SELECT outcome, attempt FROM agentretry.claim('rn-f-a', '{}', 'rn_idem', 'rn', r
 SELECT outcome FROM agentretry.claim('rn-c-a', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'a');
 SELECT agentretry.compensate('rn-c', 'rn', 'user gave up');
 SELECT * FROM rn_runs WHERE run_id = 'rn-c';
-SELECT rn_try($$SELECT outcome FROM agentretry.claim('rn-c-b', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'b')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('rn-c-b', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'b')$$);
 SELECT count(*) AS inserted FROM agentretry.operations WHERE tenant = 'rn' AND key = 'rn-c-b';
 SELECT outcome, attempt FROM agentretry.claim('rn-c-a', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'a');
 -- finish_run of a compensating run: AR004 either way
-SELECT rn_try($$SELECT agentretry.finish_run('rn-c', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-c', 'rn', false)$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-c', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-c', 'rn', false)$$);
 -- start_run returns its state
 SELECT agentretry.start_run('rn-c', 'rn');
 -- the step completes (nothing to undo): the run is compensated, and that
 -- state too accepts no new step and cannot be finished
 SELECT agentretry.complete('rn-c-a', 1, '{}', 'rn');
 SELECT * FROM rn_runs WHERE run_id = 'rn-c';
-SELECT rn_try($$SELECT outcome FROM agentretry.claim('rn-c-b', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'b')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-c', 'rn')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('rn-c-b', '{}', 'rn_idem', 'rn', run_id => 'rn-c', step => 'b')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-c', 'rn')$$);
 -- a claim without run_id of a new key is not affected by any run
 SELECT outcome FROM agentretry.claim('rn-c-b', '{}', 'rn_idem', 'rn');
 SELECT run_id FROM agentretry.lookup('rn-c-b', 'rn');
 -- unknown run, other tenant's run
-SELECT rn_try($$SELECT agentretry.finish_run('rn-nope', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-1', 'rn-elsewhere')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-nope', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-1', 'rn-elsewhere')$$);
 SELECT count(*) AS started FROM agentretry.runs WHERE run_id = 'rn-nope' OR tenant = 'rn-elsewhere';
 
 --
@@ -334,15 +298,15 @@ SELECT version, step, context, created_at <= clock_timestamp() AS created_past
 FROM agentretry.run_context WHERE tenant = 'rn' AND run_id = 'rn-ctx' ORDER BY version;
 SELECT context_version FROM agentretry.run_status WHERE tenant = 'rn' AND run_id = 'rn-ctx';
 -- a stale expected_version: AR005, nothing stored, no version used up
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 2)$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 0)$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 4)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 2)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 0)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ctx', 'c', '{"stale": true}', 'rn', expected_version => 4)$$);
 SELECT count(*) AS versions, max(version) AS newest FROM agentretry.run_context
 WHERE tenant = 'rn' AND run_id = 'rn-ctx';
 SELECT agentretry.checkpoint('rn-ctx', 'c', '{"c": 4}', 'rn', expected_version => 3);
 -- on a fresh run only 0 (or none) is current
 SELECT agentretry.start_run('rn-ctx2', 'rn');
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ctx2', 'x', '{}', 'rn', expected_version => 1)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ctx2', 'x', '{}', 'rn', expected_version => 1)$$);
 SELECT agentretry.checkpoint('rn-ctx2', 'x', '{"x": 1}', 'rn', expected_version => 0);
 
 -- a checkpoint that rolls back is never seen, and its number is used again
@@ -371,35 +335,35 @@ WHERE tenant = 'rn' AND run_id = 'rn-ctx' ORDER BY version;
 SELECT outcome FROM agentretry.claim('rn-cc-a', '{}', 'rn_idem', 'rn', run_id => 'rn-cc');
 SELECT agentretry.compensate('rn-cc', 'rn');
 SELECT agentretry.checkpoint('rn-cc', 'undo', '{"undoing": true}', 'rn');
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ok', 'late', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-bad', 'late', '{}', 'rn', expected_version => 0)$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-c', 'late', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ok', 'late', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-bad', 'late', '{}', 'rn', expected_version => 0)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-c', 'late', '{}', 'rn')$$);
 SELECT agentretry.finish_run('rn-ctx2', 'rn');
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-ctx2', 'late', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-ctx2', 'late', '{}', 'rn')$$);
 SELECT agentretry.context('rn-ctx2', 'rn');
 -- unknown runs: AR003 (a checkpoint does not start a run)
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-nope', 'a', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-nope', 'a', '{}', 'rn', expected_version => 0)$$);
-SELECT rn_try($$SELECT agentretry.context('rn-nope', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.context('rn-nope', 'rn', 1)$$);
-SELECT rn_try($$SELECT agentretry.context('rn-ctx', 'rn-elsewhere')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-nope', 'a', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-nope', 'a', '{}', 'rn', expected_version => 0)$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-nope', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-nope', 'rn', 1)$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-ctx', 'rn-elsewhere')$$);
 SELECT count(*) AS started FROM agentretry.runs WHERE run_id = 'rn-nope';
 
 --
 -- bad input: every error changes nothing
 --
 -- start_run
-SELECT rn_try($$SELECT agentretry.start_run(NULL, 'rn')$$);
-SELECT rn_try($$SELECT agentretry.start_run('', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.start_run(repeat('r', 513), 'rn')$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-bi', 'rn', repeat('v', 129))$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-bi', 'rn', '')$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-bi', 'rn', max_retry_events => -1)$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-bi', 'rn', correlation_id => repeat('c', 513))$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-bi', '')$$);
+SELECT try_stmt($$SELECT agentretry.start_run(NULL, 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.start_run(repeat('r', 513), 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-bi', 'rn', repeat('v', 129))$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-bi', 'rn', '')$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-bi', 'rn', max_retry_events => -1)$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-bi', 'rn', correlation_id => repeat('c', 513))$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-bi', '')$$);
 -- on an existing run, too
-SELECT rn_try($$SELECT agentretry.start_run('rn-2', 'rn', repeat('v', 129))$$);
-SELECT rn_try($$SELECT agentretry.start_run('rn-2', 'rn', max_retry_events => -1)$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-2', 'rn', repeat('v', 129))$$);
+SELECT try_stmt($$SELECT agentretry.start_run('rn-2', 'rn', max_retry_events => -1)$$);
 SELECT count(*) AS started FROM agentretry.runs
 WHERE tenant = 'rn' AND (run_id = 'rn-bi' OR run_id LIKE 'rrr%');
 -- the limits themselves are accepted
@@ -408,36 +372,36 @@ SELECT octet_length(run_id) AS run_id_bytes, octet_length(workflow_version) AS v
 	octet_length(correlation_id) AS correlation_bytes, max_retry_events
 FROM agentretry.runs WHERE tenant = 'rn' AND run_id LIKE 'rrr%';
 -- finish_run
-SELECT rn_try($$SELECT agentretry.finish_run(NULL, 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run(repeat('r', 513), 'rn')$$);
-SELECT rn_try($$SELECT agentretry.finish_run('rn-2', 'rn', NULL)$$);
+SELECT try_stmt($$SELECT agentretry.finish_run(NULL, 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run(repeat('r', 513), 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.finish_run('rn-2', 'rn', NULL)$$);
 SELECT state FROM agentretry.runs WHERE tenant = 'rn' AND run_id = 'rn-2';
 -- checkpoint
-SELECT rn_try($$SELECT agentretry.checkpoint(NULL, 'a', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', NULL, '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', 'a', NULL, 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('', 'a', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint(repeat('r', 513), 'a', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', '', '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', repeat('s', 513), '{}', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', 'a', '{}', 'rn', expected_version => -1)$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint(NULL, 'a', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', NULL, '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', 'a', NULL, 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('', 'a', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint(repeat('r', 513), 'a', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', '', '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', repeat('s', 513), '{}', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', 'a', '{}', 'rn', expected_version => -1)$$);
 SET agentretry.max_payload = 1024;
-SELECT rn_try($$SELECT agentretry.checkpoint('rn-2', 'a', jsonb_build_object('big', repeat('x', 2000)), 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.checkpoint('rn-2', 'a', jsonb_build_object('big', repeat('x', 2000)), 'rn')$$);
 SELECT agentretry.checkpoint('rn-2', 'a', jsonb_build_object('small', repeat('x', 900)), 'rn');
 RESET agentretry.max_payload;
 SELECT agentretry.checkpoint('rn-2', repeat('s', 512), '{}', 'rn', expected_version => 1);
 SELECT version, octet_length(step) AS step_bytes, octet_length(context::text) > 900 AS big
 FROM agentretry.run_context WHERE tenant = 'rn' AND run_id = 'rn-2' ORDER BY version;
 -- context
-SELECT rn_try($$SELECT agentretry.context(NULL, 'rn')$$);
-SELECT rn_try($$SELECT agentretry.context('', 'rn')$$);
-SELECT rn_try($$SELECT agentretry.context(repeat('r', 513), 'rn')$$);
-SELECT rn_try($$SELECT agentretry.context('rn-ctx', 'rn', 0)$$);
-SELECT rn_try($$SELECT agentretry.context('rn-ctx', 'rn', -1)$$);
+SELECT try_stmt($$SELECT agentretry.context(NULL, 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.context('', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.context(repeat('r', 513), 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-ctx', 'rn', 0)$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-ctx', 'rn', -1)$$);
 -- compensate
-SELECT rn_try($$SELECT agentretry.compensate(NULL, 'rn')$$);
-SELECT rn_try($$SELECT agentretry.compensate('rn-nope', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.compensate(NULL, 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.compensate('rn-nope', 'rn')$$);
 
 --
 -- the sweep purges runs idle longer than agentretry.default_ttl once none
@@ -475,7 +439,7 @@ SELECT count(*) AS orphan_context FROM agentretry.run_context c
 WHERE c.tenant = 'rn' AND NOT EXISTS (SELECT FROM agentretry.runs r WHERE r.tenant = c.tenant AND r.run_id = c.run_id);
 SELECT count(*) AS left FROM agentretry.operations WHERE tenant = 'rn' AND key = 'rn-sw-done-a';
 -- a purged run is unknown; its id may start a new run, from version 1
-SELECT rn_try($$SELECT agentretry.context('rn-sw-idle', 'rn')$$);
+SELECT try_stmt($$SELECT agentretry.context('rn-sw-idle', 'rn')$$);
 SELECT agentretry.start_run('rn-sw-idle', 'rn', 'wf-new');
 SELECT agentretry.checkpoint('rn-sw-idle', 'a', '{"new": true}', 'rn', expected_version => 0);
 -- nothing more to purge
@@ -485,7 +449,7 @@ RESET agentretry.default_ttl;
 -- leave nothing behind for the files that follow
 DROP VIEW rn_runs;
 DROP TABLE rn_before;
-DROP FUNCTION rn_try(text), rn_digest();
+DROP FUNCTION try_stmt(text), rn_digest();
 DELETE FROM agentretry.events WHERE tenant LIKE 'rn%';
 DELETE FROM agentretry.budget_ledger WHERE tenant LIKE 'rn%';
 DELETE FROM agentretry.operations WHERE tenant LIKE 'rn%';

@@ -41,7 +41,13 @@ AS $$
 		coalesce((SELECT string_agg(e::text, E'\n' ORDER BY e.tenant, e.id)
 				  FROM agentretry.events e), '') || E'\f' ||
 		coalesce((SELECT string_agg(t::text, E'\n' ORDER BY t.name)
-				  FROM agentretry.tools t), ''))
+				  FROM agentretry.tools t), '') || E'\f' ||
+		coalesce((SELECT string_agg(r::text, E'\n' ORDER BY r.tenant, r.run_id)
+				  FROM agentretry.runs r), '') || E'\f' ||
+		coalesce((SELECT string_agg(c::text, E'\n' ORDER BY c.tenant, c.run_id, c.version)
+				  FROM agentretry.run_context c), '') || E'\f' ||
+		coalesce((SELECT string_agg(l::text, E'\n' ORDER BY l.tenant, l.id)
+				  FROM agentretry.budget_ledger l), ''))
 $$;
 
 -- Runs a statement that must fail and reports its SQLSTATE and message,
@@ -58,8 +64,31 @@ BEGIN
 END
 $$;
 
+-- Runs a statement and says how it ended ('ok: ' and its single value, or
+-- SQLSTATE, message and detail) and whether anything stored changed.
+CREATE FUNCTION try_stmt(stmt text) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+	before text := data_digest();
+	res text;
+	state text;
+	msg text;
+	det text;
+BEGIN
+	BEGIN
+		EXECUTE stmt INTO res;
+		res := 'ok: ' || coalesce(res, 'NULL');
+	EXCEPTION WHEN OTHERS THEN
+		GET STACKED DIAGNOSTICS state = RETURNED_SQLSTATE, msg = MESSAGE_TEXT,
+			det = PG_EXCEPTION_DETAIL;
+		res := state || ': ' || msg || CASE WHEN det <> '' THEN ' / ' || det ELSE '' END;
+	END;
+	RETURN res || CASE WHEN data_digest() = before THEN ' (unchanged)' ELSE ' (DATA CHANGED)' END;
+END
+$$;
+
 GRANT EXECUTE ON FUNCTION try_sql(text, boolean), data_digest(),
-	expect_error(text, boolean) TO PUBLIC;
+	expect_error(text, boolean), try_stmt(text) TO PUBLIC;
 
 -- the checks can fail: a change is seen, and so is a statement that works
 SELECT expect_error($$SELECT agentretry.register_tool('setup_probe', 'idempotent', 'read')$$);

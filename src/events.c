@@ -73,10 +73,10 @@ record_event(const EventData *ev)
 	ar_run(&insert_event_plan, values, nulls, false);
 }
 
-/* An event without failure details (claim, replay, complete, release...). */
-void
-record_simple_event(const char *kind, const Operation *op,
-					const char *reason, TimestampTz at)
+/* An event without failure details, by actor (NULL: no person acted). */
+static void
+record_plain_event(const char *kind, const Operation *op, const char *reason,
+				   const char *message, const char *actor, TimestampTz at)
 {
 	EventData	ev;
 
@@ -85,12 +85,20 @@ record_simple_event(const char *kind, const Operation *op,
 	ev.failure_class = -1;
 	ev.failure_phase = -1;
 	ev.code = NULL;
-	ev.message = NULL;
+	ev.message = message;
 	ev.reason = reason;
 	ev.delay = USEC_NONE;
-	ev.actor = NULL;
+	ev.actor = actor;
 	ev.at = at;
 	record_event(&ev);
+}
+
+/* An event without failure details (claim, replay, complete, release...). */
+void
+record_simple_event(const char *kind, const Operation *op,
+					const char *reason, TimestampTz at)
+{
+	record_plain_event(kind, op, reason, NULL, NULL, at);
 }
 
 /* The role acting: the caller of the SECURITY DEFINER function. */
@@ -108,17 +116,5 @@ void
 record_actor_event(const char *kind, const Operation *op, const char *reason,
 				   const char *message, TimestampTz at)
 {
-	EventData	ev;
-
-	ev.kind = kind;
-	ev.op = op;
-	ev.failure_class = -1;
-	ev.failure_phase = -1;
-	ev.code = NULL;
-	ev.message = message;
-	ev.reason = reason;
-	ev.delay = USEC_NONE;
-	ev.actor = current_actor();
-	ev.at = at;
-	record_event(&ev);
+	record_plain_event(kind, op, reason, message, current_actor(), at);
 }
