@@ -116,6 +116,12 @@ COMMENT ON COLUMN agentretry.tools.requires_approval IS
 	'claims wait for approve() before the first attempt; NULL: true for destructive tools, else false';
 ALTER TABLE agentretry.tenant_policies ADD COLUMN requires_approval boolean;
 
+-- Backends cache whether any tool requires approval (claims of new keys
+-- then use a statement without the gate while none does); every change
+-- tells them to ask again.
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON agentretry.tools FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
+
 DROP FUNCTION agentretry.register_tool(text, agentretry.idempotency_class, agentretry.side_effect_class, integer, interval, interval, double precision, agentretry.jitter_mode, interval, interval, interval, text);
 CREATE FUNCTION agentretry.register_tool(
 	name text,

@@ -612,6 +612,12 @@ COMMENT ON FUNCTION agentretry.invalidate_cache() IS
 CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 	ON agentretry.tenant_policies FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
 
+-- Backends cache whether any tool requires approval (claims of new keys
+-- then use a statement without the gate while none does); every change
+-- tells them to ask again.
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON agentretry.tools FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
+
 CREATE FUNCTION agentretry.set_tenant_policy(
 	tenant text,
 	tool text DEFAULT NULL,

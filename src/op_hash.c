@@ -20,6 +20,7 @@
 
 #include "catalog/pg_type.h"
 #include "fmgr.h"
+#include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
@@ -114,11 +115,14 @@ key_ignored(FingerprintState *hs, JsonbValue *k)
 static void
 hash_container(FingerprintState *hs, JsonbContainer *c, bool top)
 {
-	JsonbIterator *it = JsonbIteratorInit(c);
+	JsonbIterator *it;
 	JsonbValue	v;
 	JsonbIteratorToken tok;
 	bool		skip_value = false;
 
+	/* a value nested deeply enough would overflow the stack: 54001 instead */
+	check_stack_depth();
+	it = JsonbIteratorInit(c);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
 		switch (tok)

@@ -51,9 +51,10 @@
 /*
  * A policy field of the merged policy, in SQL: the tenant's row for the
  * tool, the tenant's row for every tool, the tool's row, in that order.
- * For the hot statements (a new key, complete), which need one field and
- * not the whole policy; while no tenant has a policy (the usual case,
- * cached per backend) they read the tool's row alone (TOOL_FIELD).
+ * For complete(), which needs one field (the TTL) and not the whole
+ * policy; while no tenant has a policy (the usual case, cached per
+ * backend) it reads the tool's row alone (TOOL_FIELD).  A new key, which
+ * needs three fields, joins the policy rows instead (INSERT_SQL).
  */
 #define TENANT_FIELD(field, tenant, tool) \
 	"(SELECT p." field " FROM agentretry.tenant_policies p" \
@@ -69,11 +70,13 @@
 /*
  * The fencing check is the WHERE clause: the newest token, of an operation
  * that was attempted (a token stored for an operation awaiting approval or
- * a pending compensation was never handed out) and is not terminal.  A
- * step of a run that is no longer running (being compensated, or
- * finished) is refused here unless $10 (late) says the caller holds its
- * row lock and has looked at the run (outcome.c): the common case, an
- * operation of no run, needs no RETURNING and no read of a run.
+ * a pending compensation was never handed out) and is not terminal.  An
+ * operation the saga has marked (its run is being compensated) is refused
+ * here unless $10 (late) says the caller holds its row lock and moves the
+ * saga on (outcome.c), so the common case needs no RETURNING and no read
+ * of a run.  A step the saga could not mark (another transaction held it)
+ * completes here unseen; the saga counts it in flight until the next
+ * change of the run, or the sweep, catches up with it (saga.c).
  */
 #define COMPLETE_SQL(ttl) \
 	"UPDATE agentretry.operations o SET" \
@@ -85,16 +88,16 @@
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
 	" AND o.state IN ('in_progress', 'retry_wait', 'verify')" \
 	" AND o.first_attempt_at IS NOT NULL" \
-	" AND ($10 OR (NOT o.compensating AND (o.run_id IS NULL OR NOT EXISTS (" \
-	"  SELECT FROM agentretry.runs r WHERE r.tenant = o.tenant" \
-	"  AND r.run_id = o.run_id AND r.state <> 'running'))))"
+	" AND ($10 OR NOT o.compensating)"
 
 /*
  * A new key: leased as attempt 1, or, when its policy requires approval
  * (gate), recorded as awaiting_approval with no lease, no attempt and no
- * deadline yet (those start with the first attempt).
+ * deadline yet (those start with the first attempt).  The policy fields
+ * come from one probe of each policy row (joins), not a subquery per
+ * field.
  */
-#define INSERT_SQL(lease, deadline, gate) \
+#define INSERT_SQL(joins, lease, deadline, gate) \
 	"INSERT INTO agentretry.operations AS o" \
 	" (tenant, key, op_hash, args, tool, state, attempts, lease_token," \
 	"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at," \
@@ -104,18 +107,39 @@
 	"   ::agentretry.operation_state," \
 	"  CASE WHEN g.gate THEN 0 ELSE 1 END," \
 	"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6," \
-	"  CASE WHEN NOT g.gate THEN $7 + coalesce($8, " lease ", $9) END," \
+	"  CASE WHEN NOT g.gate THEN $7 + coalesce($8, g.lease, $9) END," \
 	"  CASE WHEN NOT g.gate THEN $7 END, CASE WHEN NOT g.gate THEN $7 END," \
-	"  CASE WHEN NOT g.gate THEN $7 + " deadline " END," \
+	"  CASE WHEN NOT g.gate THEN $7 + g.deadline END," \
 	"  CASE WHEN g.gate THEN 'approval_required' END," \
 	"  $10, $11, $7, $7, $7" \
-	" FROM (SELECT " gate " AS gate) g" \
+	" FROM (SELECT " gate " AS gate, " lease " AS lease, " deadline " AS deadline" \
+	"  FROM (SELECT) one LEFT JOIN agentretry.tools t ON t.name = $5" joins ") g" \
 	" ON CONFLICT (tenant, key) DO NOTHING" \
 	" RETURNING o.lease_expires_at, o.deadline, o.lease_token, o.attempts"
 
-/* the tier default of requires_approval: only destructive tools */
-#define TIER_APPROVAL(tool) \
-	"(SELECT t.side_effect = 'destructive' FROM agentretry.tools t WHERE t.name = " tool ")"
+/*
+ * A new key while no tool requires approval and no tenant has a policy
+ * (both cached per backend): no gate, and the tool's row read for the two
+ * fields needed.
+ */
+#define INSERT_UNGATED_SQL \
+	"INSERT INTO agentretry.operations AS o" \
+	" (tenant, key, op_hash, args, tool, state, attempts, lease_token," \
+	"  lease_owner, lease_expires_at, first_attempt_at, last_attempt_at," \
+	"  deadline, run_id, step, created_at, updated_at, state_since)" \
+	" VALUES ($1, $2, $3, $4, $5, 'in_progress', 1," \
+	"  coalesce((SELECT max(f.floor) FROM agentretry.token_floors f WHERE f.tenant = $1), 0) + 1, $6," \
+	"  $7 + coalesce($8, " TOOL_FIELD("lease", "$5") ", $9)," \
+	"  $7, $7, $7 + " TOOL_FIELD("deadline", "$5") "," \
+	"  $10, $11, $7, $7, $7)" \
+	" ON CONFLICT (tenant, key) DO NOTHING" \
+	" RETURNING o.lease_expires_at, o.deadline, o.lease_token, o.attempts"
+
+/* the tenant's rows: for every tool (pw) and for this one (pt) */
+#define INSERT_TENANT_JOINS \
+	" LEFT JOIN agentretry.tenant_policies pw ON pw.tenant = $1 AND pw.tool = '*'" \
+	" LEFT JOIN agentretry.tenant_policies pt ON pt.tenant = $1 AND pt.tool = $5"
+
 #define INSERT_NARGS 11
 #define INSERT_ARGTYPES \
 	{TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID, \
@@ -135,18 +159,24 @@ static ArPlan load_lock_plan = {
 	2, {TEXTOID, TEXTOID}
 };
 
-/* a new key, with the tenant's policies, and while no tenant has any */
+/*
+ * a new key, with the tenant's policies, and while no tenant has any; the
+ * tier default of requires_approval: only destructive tools
+ */
 static ArPlan insert_plan = {
-	INSERT_SQL(TENANT_FIELD("lease", "$1", "$5"),
-			   "coalesce(" TENANT_FIELD("deadline", "$1", "$5") ")",
-			   "coalesce(" TENANT_FIELD("requires_approval", "$1", "$5") ", "
-			   TIER_APPROVAL("$5") ", false)"),
+	INSERT_SQL(INSERT_TENANT_JOINS,
+			   "coalesce(pt.lease, pw.lease, t.lease)",
+			   "coalesce(pt.deadline, pw.deadline, t.deadline)",
+			   "coalesce(pt.requires_approval, pw.requires_approval,"
+			   " t.requires_approval, t.side_effect = 'destructive', false)"),
 	INSERT_NARGS, INSERT_ARGTYPES
 };
+static ArPlan insert_ungated_plan = {
+	INSERT_UNGATED_SQL, INSERT_NARGS, INSERT_ARGTYPES
+};
 static ArPlan insert_tool_plan = {
-	INSERT_SQL(TOOL_FIELD("lease", "$5"), TOOL_FIELD("deadline", "$5"),
-			   "coalesce((SELECT coalesce(t.requires_approval, t.side_effect = 'destructive')"
-			   " FROM agentretry.tools t WHERE t.name = $5), false)"),
+	INSERT_SQL("", "t.lease", "t.deadline",
+			   "coalesce(t.requires_approval, t.side_effect = 'destructive', false)"),
 	INSERT_NARGS, INSERT_ARGTYPES
 };
 
@@ -441,7 +471,8 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	param_text(values, nulls, 9, op->run_id);
 	param_text(values, nulls, 10, op->step);
 
-	if (ar_run(tenant_policies_exist() ? &insert_plan : &insert_tool_plan,
+	if (ar_run(tenant_policies_exist() ? &insert_plan :
+			   gated_tools_exist() ? &insert_tool_plan : &insert_ungated_plan,
 			   values, nulls, false) == 0)
 		return false;
 

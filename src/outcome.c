@@ -6,8 +6,9 @@
  *
  * complete() is one UPDATE whose WHERE clause is the fencing check, so
  * the success path costs one statement; only a refused call reads the row
- * again, to say why, or to complete a step of a run being compensated
- * (whose success must schedule its compensation) under the row lock.  fail() and resolve() lock the row FOR UPDATE, decide
+ * again, to say why, or to complete under the row lock an operation of a
+ * run that is no longer running (a late success in a saga must schedule
+ * its compensation).  fail() and resolve() lock the row FOR UPDATE, decide
  * (decide.c) with the tool's policy and store the decision.
  *
  * src/outcome.c

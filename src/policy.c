@@ -213,6 +213,10 @@ static ArPlan effective_plan = {
 static RowsFlag tenant_policies_flag =
 ROWS_FLAG("tenant_policies", "SELECT EXISTS (SELECT FROM agentretry.tenant_policies)");
 
+static RowsFlag gated_tools_flag =
+ROWS_FLAG("tools", "SELECT EXISTS (SELECT FROM agentretry.tools t"
+		  " WHERE coalesce(t.requires_approval, t.side_effect = 'destructive'))");
+
 /*
  * Has any tenant a policy?  Without, the hot statements read the tool's
  * policy alone.
@@ -221,6 +225,17 @@ bool
 tenant_policies_exist(void)
 {
 	return cached_flag(&tenant_policies_flag);
+}
+
+/*
+ * Does any tool require approval (by its own field, or as a destructive
+ * tool by default)?  Without, and without tenant policies, a new key is
+ * inserted without the gate.
+ */
+bool
+gated_tools_exist(void)
+{
+	return cached_flag(&gated_tools_flag);
 }
 
 static char *
