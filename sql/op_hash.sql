@@ -94,3 +94,18 @@ SELECT agentretry.op_hash('{"a": 1}', NULL) = agentretry.op_hash('{"a": 1}') AS 
 	agentretry.op_hash('{"a": 1}') AS null_element;
 -- ignore must be one-dimensional
 SELECT expect_error($$SELECT agentretry.op_hash('{"a": 1}', '{{a}, {b}}')$$);
+
+-- A value nested too deeply for the stack is refused with 54001, like
+-- PostgreSQL's own functions, and never takes the server down: 50 000
+-- levels parse with a larger stack limit, and fingerprinting them must
+-- stop at the limit too (by op_hash, and by claim, which stores nothing).
+SET max_stack_depth = '7MB';
+CREATE TEMP TABLE deep AS
+	SELECT (repeat('[', 50000) || repeat(']', 50000))::jsonb AS v;
+SELECT expect_error($$SELECT agentretry.op_hash(v) FROM deep$$);
+SELECT expect_error($$SELECT (agentretry.claim('deep-1', v)).outcome FROM deep$$);
+SELECT count(*) AS stored FROM agentretry.operations WHERE key = 'deep-1';
+RESET max_stack_depth;
+-- a value just under the default limit still hashes
+SELECT length(agentretry.op_hash((repeat('[', 5000) || repeat(']', 5000))::jsonb)) AS bytes;
+DROP TABLE deep;
