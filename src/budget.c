@@ -40,7 +40,8 @@
  *
  * Operations pay nothing for budgets while none exists: whether any budget
  * (any ratio budget) exists is cached per backend (cache.c), and so are the
- * budgets of the tenants a backend has served, until budgets change.
+ * budgets of the tenants a backend has served (in a hash table, at most
+ * BUDGET_CACHE_TENANTS tenants), until budgets change.
  *
  * src/budget.c
  *
@@ -60,6 +61,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/lsyscache.h"
+#include "utils/hsearch.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -96,18 +98,47 @@ typedef struct Debit
 	double		retries;
 } Debit;
 
-/* the budgets of one tenant, cached until agentretry.budgets changes */
+/*
+ * The budgets of one tenant, cached until agentretry.budgets changes, in a
+ * hash table by tenant: a backend behind a pooler may serve many tenants,
+ * so lookups are constant time and the cache is bounded (emptied when it
+ * holds BUDGET_CACHE_TENANTS tenants and needs room for one more).
+ */
+#define BUDGET_CACHE_TENANTS 1024
+
 typedef struct TenantBudgets
 {
-	char	   *tenant;
+	char		tenant[AR_MAX_NAME_LEN + 1];	/* hash key */
 	int			n;
 	Budget	   *budgets;
-	struct TenantBudgets *next;
 } TenantBudgets;
 
 static MemoryContext budget_cache_cxt = NULL;
-static TenantBudgets *budget_cache = NULL;
+static HTAB *budget_cache = NULL;
 static uint64 budget_cache_generation = 0;
+
+static void
+budget_cache_reset(void)
+{
+	MemoryContextReset(budget_cache_cxt);
+	budget_cache = NULL;
+}
+
+static HTAB *
+budget_cache_table(void)
+{
+	if (budget_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = AR_MAX_NAME_LEN + 1;
+		ctl.entrysize = sizeof(TenantBudgets);
+		ctl.hcxt = budget_cache_cxt;
+		budget_cache = hash_create("agentretry budgets by tenant", 64, &ctl,
+								   HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	}
+	return budget_cache;
+}
 
 /* per-backend caches (cache.c): does any budget exist, any ratio budget? */
 static RowsFlag any_budget_flag =
@@ -138,18 +169,19 @@ load_tenant_budgets(const char *tenant)
 	TenantBudgets *tb;
 	uint64		n;
 	uint64		i;
+	Budget	   *budgets;
 
 	n = ar_run(&tenant_budgets_plan, values, NULL, false);
+	/* room first: emptying the cache frees what it holds */
+	if (keep && hash_get_num_entries(budget_cache_table()) >= BUDGET_CACHE_TENANTS)
+		budget_cache_reset();
 	old = MemoryContextSwitchTo(keep ? budget_cache_cxt : caller);
-	tb = palloc0(sizeof(TenantBudgets));
-	tb->tenant = pstrdup(tenant);
-	tb->n = (int) n;
-	tb->budgets = palloc0(sizeof(Budget) * Max(n, 1));
+	budgets = palloc0(sizeof(Budget) * Max(n, 1));
 	for (i = 0; i < n; i++)
 	{
 		HeapTuple	tup = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
-		Budget	   *b = &tb->budgets[i];
+		Budget	   *b = &budgets[i];
 		bool		isnull;
 		Datum		d;
 
@@ -169,10 +201,11 @@ load_tenant_budgets(const char *tenant)
 		b->stripes = DatumGetInt32(SPI_getbinval(tup, desc, 10, &isnull));
 	}
 	if (keep)
-	{
-		tb->next = budget_cache;
-		budget_cache = tb;
-	}
+		tb = hash_search(budget_cache_table(), tenant, HASH_ENTER, NULL);
+	else
+		tb = palloc0(sizeof(TenantBudgets));
+	tb->n = (int) n;
+	tb->budgets = budgets;
 	MemoryContextSwitchTo(old);
 	return tb;
 }
@@ -200,13 +233,11 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 												 ALLOCSET_SMALL_SIZES);
 	if (budget_cache_generation != any_budget_flag.generation)
 	{
-		MemoryContextReset(budget_cache_cxt);
-		budget_cache = NULL;
+		budget_cache_reset();
 		budget_cache_generation = any_budget_flag.generation;
 	}
-	for (tb = IsolationUsesXactSnapshot() ? NULL : budget_cache; tb != NULL; tb = tb->next)
-		if (strcmp(tb->tenant, op->tenant) == 0)
-			break;
+	tb = IsolationUsesXactSnapshot() ? NULL :
+		hash_search(budget_cache_table(), op->tenant, HASH_FIND, NULL);
 	if (tb == NULL)
 		tb = load_tenant_budgets(op->tenant);
 
