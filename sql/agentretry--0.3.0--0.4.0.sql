@@ -58,8 +58,9 @@ COMMENT ON COLUMN agentretry.runs.max_retry_events IS
 COMMENT ON COLUMN agentretry.runs.updated_at IS
 	'last change; the sweep purges a run idle for agentretry.default_ttl once none of its operations is left';
 CREATE INDEX runs_updated_at ON agentretry.runs (updated_at);
--- the sweep advances the sagas of runs being compensated
-CREATE INDEX runs_compensating ON agentretry.runs (updated_at) WHERE state = 'compensating';
+-- the sweep advances the sagas of runs being compensated or under review
+CREATE INDEX runs_compensating ON agentretry.runs (updated_at)
+	WHERE state IN ('compensating', 'needs_review');
 SELECT pg_catalog.pg_extension_config_dump('agentretry.runs', '');
 
 -- The counters of 0.3.0 and the runs its operations name become runs.

@@ -36,6 +36,7 @@
 #define AR_MAX_NAME_LEN		128
 #define AR_DEFAULT_TENANT	"default"
 #define AR_DEFAULT_TOOL		"default"
+#define AR_COMPENSATE_SUFFIX ":compensate"	/* of a compensation's key */
 
 /* "no value" markers for timestamps and delays kept in C structs */
 #define TS_NONE				DT_NOBEGIN

@@ -42,6 +42,13 @@ load_awaiting(const char *action, const char *tenant, const char *key,
 				 errmsg("cannot %s operation \"%s\" because it is %s",
 						action, key, op_state_labels[op->state]),
 				 errhint("Only an operation awaiting approval can be approved or rejected.")));
+	learn_run_state(op);
+	if (op->compensating)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_INVALID_STATE),
+				 errmsg("cannot %s operation \"%s\" because its run is being compensated", action, key),
+				 errdetail("Run \"%s\" is undoing its steps; the operation is cancelled with them.",
+						   op->run_id)));
 	return GetCurrentTimestamp();	/* after any wait for the row lock */
 }
 

@@ -93,6 +93,40 @@ answer_datum(FunctionCallInfo fcinfo, const ClaimAnswer *a)
 	return HeapTupleGetDatum(heap_form_tuple(desc, values, nulls));
 }
 
+/* A new step joins its run, which must be running (runs.c). */
+static void
+join_run(const char *tenant, const char *run_id, TimestampTz now)
+{
+	Run			run;
+
+	run.state = run_join(tenant, run_id, now);
+	if (run.state != RUN_RUNNING)
+	{
+		run.run_id = (char *) run_id;
+		report_run_state("start a step in", &run,
+						 "A run accepts new steps only while it is running; use a new run_id.");
+	}
+}
+
+/*
+ * Keys ending in ":compensate" name compensations (saga.c); a claim may
+ * act on one, but not create one.
+ */
+static void
+check_new_key(const char *key)
+{
+	size_t		len = strlen(key);
+	size_t		suffix = strlen(AR_COMPENSATE_SUFFIX);
+
+	if (len >= suffix && strcmp(key + len - suffix, AR_COMPENSATE_SUFFIX) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("key \"%s\" is reserved for a compensation", key),
+				 errdetail("Keys ending in \"%s\" name the compensations of a run's steps.",
+						   AR_COMPENSATE_SUFFIX),
+				 errhint("Use another key; compensate() creates these.")));
+}
+
 PG_FUNCTION_INFO_V1(agentretry_claim);
 
 /*
@@ -125,7 +159,6 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	ArSpi		spi;
 	Datum		result;
 	int			tries;
-	bool		joined = false;
 
 	memset(&op, 0, sizeof(op));
 	req.tool = arg_tool(fcinfo, 2);
@@ -161,20 +194,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 			break;
 		}
 
-		if (req.run_id != NULL && !joined)
-		{
-			Run			run;
-
-			run.state = run_join(tenant, req.run_id, req.now);
-			if (run.state != RUN_RUNNING)
-			{
-				run.run_id = (char *) req.run_id;
-				report_run_state("start a step in", &run,
-								 "A run accepts new steps only while it is running; use a new run_id.");
-			}
-			joined = true;
-		}
-
+		check_new_key(key);
 		/* a row read in an earlier round may have filled op: reset it */
 		op.tenant = tenant;
 		op.key = key;
@@ -185,6 +205,14 @@ agentretry_claim(PG_FUNCTION_ARGS)
 		op.lease_owner = (char *) req.owner;
 		if (operation_insert(&op, args, req.lease, req.now))
 		{
+			/*
+			 * Join the run after the insert, which may have waited for
+			 * another claim of the key: the operation's row before its
+			 * run's, the lock order everywhere.  A refusal rolls the
+			 * insert back.
+			 */
+			if (req.run_id != NULL)
+				join_run(tenant, req.run_id, req.now);
 			if (op.state == OP_AWAITING_APPROVAL)
 			{
 				record_simple_event("approval_requested", &op, op.reason, req.now);

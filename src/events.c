@@ -67,6 +67,7 @@ record_event(const EventData *ev)
 	param_text(values, nulls, 12, ev->reason);
 	param_usec(values, nulls, 13, ev->delay);
 	values[14] = Int64GetDatum(op->lease_token);
+	nulls[14] = op->key ? ' ' : 'n';
 	param_text(values, nulls, 15, op->lease_owner);
 	param_text(values, nulls, 16, ev->actor);
 

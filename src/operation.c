@@ -440,8 +440,9 @@ operation_peek(const char *tenant, const char *key, Operation *op)
 }
 
 /*
- * Insert a new operation leased to op->lease_owner as attempt 1.  Its
- * fencing token is 1, or one more than the tenant's token floor once the
+ * Insert a new operation leased to op->lease_owner as attempt 1, or, when
+ * its policy requires approval, awaiting approval with no lease and no
+ * attempt (op->state says which).  Its fencing token is 1, or one more than the tenant's token floor once the
  * sweep has purged operations: a key used again after its old row was
  * purged must not hand out a token that a worker of the old operation may
  * still hold.  op carries tenant, key, op_hash, tool, run_id, step and

@@ -77,9 +77,9 @@ static ArPlan context_plan = {
 
 static ArPlan begin_compensation_plan = {
 	"UPDATE agentretry.runs SET state = 'compensating', compensate_reason = $3,"
-	" finished_at = NULL, updated_at = pg_catalog.clock_timestamp()"
+	" finished_at = NULL, updated_at = $4"
 	" WHERE tenant = $1 AND run_id = $2",
-	3, {TEXTOID, TEXTOID, TEXTOID}
+	4, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
 
 static char *
@@ -146,7 +146,8 @@ agentretry_start_run(PG_FUNCTION_ARGS)
 	{
 		Run			run;
 
-		if (!run_read(tenant, run_id, RUN_LOCK_NO_KEY_UPDATE, &run))
+		/* read only: the UPDATE that fills fields in locks by itself */
+		if (!run_read(tenant, run_id, RUN_LOCK_NONE, &run))
 			ereport(ERROR,
 					(errcode(ERRCODE_T_R_SERIALIZATION_FAILURE),
 					 errmsg("could not start run \"%s\" while it was being purged", run_id),
@@ -254,7 +255,7 @@ agentretry_checkpoint(PG_FUNCTION_ARGS)
 	values[3] = TimestampTzGetDatum(now);
 
 	ar_spi_begin(&spi);
-	if (ar_run(&bump_context_plan, values, nulls, false) == 0)
+	while (ar_run(&bump_context_plan, values, nulls, false) == 0)
 	{
 		Run			run;
 
@@ -263,6 +264,9 @@ agentretry_checkpoint(PG_FUNCTION_ARGS)
 		if (run.state != RUN_RUNNING && run.state != RUN_COMPENSATING)
 			report_run_state("checkpoint", &run,
 							 "Context is written while a run is running or being compensated.");
+		/* without expected_version, only the run's state refuses: it changed, try again */
+		if (PG_ARGISNULL(4))
+			continue;
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_CONTEXT_CONFLICT),
 				 errmsg("context of run \"%s\" changed since version %d",
@@ -356,8 +360,8 @@ agentretry_compensate(PG_FUNCTION_ARGS)
 	char	   *run_id = arg_run_id(fcinfo, 0);
 	char	   *tenant = arg_tenant(fcinfo, 1);
 	char	   *reason = arg_optional_text(fcinfo, 2, "reason");
-	Datum		values[3];
-	char		nulls[3] = {' ', ' ', ' '};
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', ' '};
 	Run			run;
 	TimestampTz now;
 	int			scheduled = 0;
@@ -374,6 +378,7 @@ agentretry_compensate(PG_FUNCTION_ARGS)
 		values[0] = CStringGetTextDatum(tenant);
 		values[1] = CStringGetTextDatum(run_id);
 		param_text(values, nulls, 2, reason);
+		values[3] = TimestampTzGetDatum(now);
 		ar_run(&begin_compensation_plan, values, nulls, false);
 		record_run_event("compensate", tenant, run_id, reason, true, now);
 		scheduled = saga_advance(tenant, run_id, now);

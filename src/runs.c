@@ -133,7 +133,7 @@ run_read(const char *tenant, const char *run_id, RunLock lock, Run *run)
 	return true;
 }
 
-bool
+static bool
 run_state_final(RunState s)
 {
 	return s == RUN_SUCCEEDED || s == RUN_FAILED || s == RUN_COMPENSATED ||

@@ -42,6 +42,5 @@ extern void run_set_state(const char *tenant, const char *run_id,
 extern void report_unknown_run(const char *tenant, const char *run_id);
 extern void report_run_state(const char *action, const Run *run,
 							 const char *hint);
-extern bool run_state_final(RunState s);
 
 #endif							/* AGENTRETRY_RUNS_H */

@@ -59,8 +59,9 @@
  * The compensations of the run's succeeded steps that have none yet: the
  * step's recorded compensate tool and args, or the policy's compensate
  * tool with the step's key, args and result.  A step with neither has
- * nothing to undo.  Run under the run's lock, so no other transaction
- * inserts these keys meanwhile.
+ * nothing to undo.  Run under the run's lock, and claims cannot create
+ * keys with this suffix (claim.c), so no other transaction inserts these
+ * keys meanwhile.
  */
 static ArPlan schedule_plan = {
 	"INSERT INTO agentretry.operations AS c"

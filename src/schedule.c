@@ -241,6 +241,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);
+	saga_defer_begin();
 	/* rows that end without a lease do not count; bound the extra work */
 	while (leased < max && examined < max * 4)
 	{
@@ -251,6 +252,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 			break;
 		examined += n;
 	}
+	saga_defer_end(req.now);
 	ar_spi_end(&spi);
 	return (Datum) 0;
 }

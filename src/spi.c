@@ -94,14 +94,7 @@ prepare(ArPlan *p)
 uint64
 ar_run(ArPlan *p, Datum *values, const char *nulls, bool read_only)
 {
-	return ar_run_limit(p, values, nulls, read_only, 0);
-}
-
-uint64
-ar_run_limit(ArPlan *p, Datum *values, const char *nulls, bool read_only,
-			 long count)
-{
-	int			rc = SPI_execute_plan(prepare(p), values, nulls, read_only, count);
+	int			rc = SPI_execute_plan(prepare(p), values, nulls, read_only, 0);
 
 	if (rc < 0)
 		elog(ERROR, "agentretry: SPI_execute_plan failed: %s",
@@ -187,15 +180,6 @@ col_int32(HeapTuple tup, TupleDesc desc, int col, int32 none)
 	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
 
 	return isnull ? none : DatumGetInt32(d);
-}
-
-bool
-col_bool(HeapTuple tup, TupleDesc desc, int col, bool none)
-{
-	bool		isnull;
-	Datum		d = SPI_getbinval(tup, desc, col, &isnull);
-
-	return isnull ? none : DatumGetBool(d);
 }
 
 Datum

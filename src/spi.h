@@ -52,8 +52,6 @@ typedef struct ArPlan
 
 extern uint64 ar_run(ArPlan *p, Datum *values, const char *nulls,
 					 bool read_only);
-extern uint64 ar_run_limit(ArPlan *p, Datum *values, const char *nulls,
-						   bool read_only, long count);
 
 /* parameter setters: a "none" value becomes SQL NULL */
 extern void param_text(Datum *values, char *nulls, int i, const char *s);
@@ -68,7 +66,6 @@ extern char *col_text(HeapTuple tup, TupleDesc desc, int col);
 extern TimestampTz col_ts(HeapTuple tup, TupleDesc desc, int col);
 extern int64 col_int64(HeapTuple tup, TupleDesc desc, int col, int64 none);
 extern int32 col_int32(HeapTuple tup, TupleDesc desc, int col, int32 none);
-extern bool col_bool(HeapTuple tup, TupleDesc desc, int col, bool none);
 
 /* the first column of the first row of the last statement */
 extern Datum first_value(bool *isnull);

@@ -3,7 +3,7 @@
  * sweep.c
  *	  sweep(): the background housekeeping that pg_cron runs every minute.
  *
- * Five bounded steps, each reading only the rows it acts on through an
+ * Six bounded steps, each reading only the rows it acts on through an
  * index (operations_lease_expiry, operations_retry_due,
  * operations_expiry, events_at, runs_updated_at), so its cost
  * follows the number of due rows, not the size of the tables:
@@ -18,8 +18,8 @@
  *	   and so are budget ledger rows;
  *	5. runs idle for agentretry.default_ttl whose operations are all gone
  *	   are deleted with their context versions, at most max;
- *	6. the sagas of runs being compensated are advanced (saga.c), at most
- *	   max runs.
+ *	6. the sagas of runs being compensated or under review are advanced
+ *	   (saga.c), at most max runs.
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
@@ -138,14 +138,20 @@ static ArPlan purge_runs_plan = {
 };
 
 /*
- * Runs being compensated, least recently changed first, that no other
+ * Runs being compensated (or under review, where a requeued compensation
+ * may wait for its turn), least recently visited first, that no other
  * transaction holds: their sagas are advanced (a step that completed while
- * compensate() could not lock it is caught up here).
+ * the saga could not lock it is caught up here), and each is marked
+ * visited, so that a backlog of runs waiting for their steps does not
+ * starve the others.
  */
 static ArPlan compensating_runs_plan = {
-	"SELECT r.tenant, r.run_id FROM agentretry.runs r"
-	" WHERE r.state = 'compensating'"
-	" ORDER BY r.updated_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
+	"UPDATE agentretry.runs r SET updated_at = $1"
+	" FROM (SELECT x.tenant, x.run_id FROM agentretry.runs x"
+	"  WHERE x.state IN ('compensating', 'needs_review')"
+	"  ORDER BY x.updated_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED) v"
+	" WHERE r.tenant = v.tenant AND r.run_id = v.run_id"
+	" RETURNING r.tenant, r.run_id",
 	2, NOW_MAX_ARGTYPES
 };
 
@@ -271,8 +277,10 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 				 errdetail("max is %d.", max)));
 
 	ar_spi_begin(&spi);
+	saga_defer_begin();
 	counts[0] = expire_leases(now, max);
 	counts[1] = dead_letter_past_deadline(now, max);
+	saga_defer_end(now);
 	counts[2] = purge(&purge_operations_plan, now, max);
 	counts[3] = purge(&purge_events_plan, retention_start, max);
 	counts[4] = purge(&purge_ledger_plan, retention_start, max);

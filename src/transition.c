@@ -28,6 +28,9 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
+#include "nodes/pg_list.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
@@ -64,15 +67,89 @@ learn_run_state(Operation *op)
 }
 
 /*
+ * Runs whose sagas a batch (claim_due, the sweep) defers to its end: an
+ * advance in the middle of the batch could change rows the batch has
+ * locked and read already, and the batch would then act on stale copies.
+ */
+typedef struct DeferredRun
+{
+	char	   *tenant;
+	char	   *run_id;
+} DeferredRun;
+
+/*
+ * The batch deferring sagas, by transaction and subtransaction: a batch
+ * that an error ended leaves nothing deferred for later calls.
+ */
+static LocalTransactionId defer_lxid = InvalidLocalTransactionId;
+static SubTransactionId defer_subxid = InvalidSubTransactionId;
+static List *deferred_runs = NIL;
+
+static bool
+deferring(void)
+{
+	return defer_lxid == MyProc->lxid &&
+		defer_subxid == GetCurrentSubTransactionId();
+}
+
+void
+saga_defer_begin(void)
+{
+	defer_lxid = MyProc->lxid;
+	defer_subxid = GetCurrentSubTransactionId();
+	deferred_runs = NIL;
+}
+
+/* Advance the sagas deferred since saga_defer_begin(). */
+void
+saga_defer_end(TimestampTz now)
+{
+	ListCell   *lc;
+	List	   *runs = deferred_runs;
+
+	defer_lxid = InvalidLocalTransactionId;
+	deferred_runs = NIL;
+	foreach(lc, runs)
+	{
+		DeferredRun *r = lfirst(lc);
+
+		saga_advance(r->tenant, r->run_id, now);
+	}
+}
+
+static void
+defer_saga(const Operation *op)
+{
+	ListCell   *lc;
+	DeferredRun *r;
+
+	foreach(lc, deferred_runs)
+	{
+		r = lfirst(lc);
+		if (strcmp(r->tenant, op->tenant) == 0 && strcmp(r->run_id, op->run_id) == 0)
+			return;
+	}
+	r = palloc(sizeof(DeferredRun));
+	r->tenant = pstrdup(op->tenant);
+	r->run_id = pstrdup(op->run_id);
+	deferred_runs = lappend(deferred_runs, r);
+}
+
+/*
  * Store a transition of op (locked by the caller).  A change of an
- * operation of a run being compensated moves the saga on.
+ * operation of a run being compensated moves the saga on (at the end of a
+ * batch that defers it).
  */
 void
 transition_store(Operation *op, TimestampTz now)
 {
 	learn_run_state(op);
 	operation_store(op, now);
-	if (op->compensating)
+	if (!op->compensating || op->run_id == NULL)
+		return;
+	if (deferring())
+		defer_saga(op);
+	else
 		saga_advance(op->tenant, op->run_id, now);
 }
 
@@ -299,8 +376,9 @@ claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	{
 		/* a step of a run being undone does not start again */
 		operation_set_terminal(op, OP_CANCELLED, "compensating");
-		transition_store(op, req->now);
+		/* traced before the saga (if any) moves on with the change */
 		record_simple_event("cancel", op, "compensating", req->now);
+		transition_store(op, req->now);
 		answer_terminal(a, op);
 		return;
 	}
@@ -357,8 +435,8 @@ void
 dead_letter(Operation *op, const char *reason, TimestampTz now)
 {
 	operation_set_terminal(op, OP_DEAD, reason);
-	transition_store(op, now);
 	record_simple_event("dead", op, reason, now);
+	transition_store(op, now);
 }
 
 /*

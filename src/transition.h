@@ -45,6 +45,8 @@ extern void claim_transition(Operation *op, const ClaimRequest *req,
 							 ClaimAnswer *a);
 extern void transition_store(Operation *op, TimestampTz now);
 extern void learn_run_state(Operation *op);
+extern void saga_defer_begin(void);
+extern void saga_defer_end(TimestampTz now);
 
 extern void apply_failure(Operation *op, FailureClass failure,
 						  FailurePhase phase, const char *code,
