@@ -321,6 +321,49 @@ SELECT * FROM cp_status WHERE run_id = 'cp-6';
 SELECT try_stmt($$SELECT agentretry.compensate('cp-6', 'cp')$$);
 
 --
+-- keys ending in ':compensate' are reserved for compensations: a claim
+-- cannot create one (22023; nothing stored, no run started), whatever
+-- the run, tool or args; a claim of one that compensate() created acts
+-- on it as its state says
+--
+SELECT cp_step('cp-9', 'cp-9-a', 'cp_book', '{"room": 91}', '{"booking": "b91"}');
+SELECT cp_step('cp-9', 'cp-9-b', 'cp_book', '{"room": 92}', '{"booking": "b92"}');
+-- the very call that will work once compensate() has created the key
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('cp-9-a:compensate',
+	'{"key": "cp-9-a", "args": {"room": 91}, "result": {"booking": "b91"}}', 'cp_unbook', 'cp',
+	run_id => 'cp-9')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('cp-9-a:compensate',
+	'{"key": "cp-9-a", "args": {"room": 91}, "result": {"booking": "b91"}}', 'cp_unbook', 'cp')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim('cp-9-new:compensate', '{}', 'cp_book', 'cp',
+	run_id => 'cp-9-other')$$);
+SELECT try_stmt($$SELECT outcome FROM agentretry.claim(':compensate', '{}')$$);
+SELECT count(*) AS runs FROM agentretry.runs WHERE tenant = 'cp' AND run_id = 'cp-9-other';
+-- a key that only contains the word is an ordinary one
+SELECT outcome, attempt FROM agentretry.claim('cp-9:compensated', '{}', 'cp_email', 'cp');
+SELECT outcome, attempt FROM agentretry.claim('cp-9:compensate:x', '{}', 'cp_email', 'cp');
+SELECT agentretry.complete('cp-9:compensated', 1, '{}', 'cp');
+SELECT agentretry.complete('cp-9:compensate:x', 1, '{}', 'cp');
+-- compensate() creates the keys; a claim of one with its args answers as
+-- its state says: pending waits, due executes, done replays
+SELECT agentretry.compensate('cp-9', 'cp');
+SELECT key, state, reason, scheduled FROM cp_comps WHERE run_id = 'cp-9' ORDER BY key;
+SELECT outcome, attempt, lease_token, retry_at, reason FROM agentretry.claim('cp-9-a:compensate',
+	'{"key": "cp-9-a", "args": {"room": 91}, "result": {"booking": "b91"}}', 'cp_unbook', 'cp',
+	run_id => 'cp-9');
+SELECT outcome, attempt, lease_token FROM agentretry.claim('cp-9-b:compensate',
+	'{"key": "cp-9-b", "args": {"room": 92}, "result": {"booking": "b92"}}', 'cp_unbook', 'cp');
+SELECT agentretry.complete('cp-9-b:compensate', 2, '{"unbooked": 92}', 'cp');
+SELECT outcome, attempt, result FROM agentretry.claim('cp-9-b:compensate',
+	'{"key": "cp-9-b", "args": {"room": 92}, "result": {"booking": "b92"}}', 'cp_unbook', 'cp');
+SELECT outcome, attempt, lease_token FROM agentretry.claim('cp-9-a:compensate',
+	'{"key": "cp-9-a", "args": {"room": 91}, "result": {"booking": "b91"}}', 'cp_unbook', 'cp',
+	run_id => 'cp-9');
+SELECT agentretry.complete('cp-9-a:compensate', 2, '{"unbooked": 91}', 'cp');
+SELECT * FROM cp_status WHERE run_id = 'cp-9';
+SELECT key, state, attempts, result FROM agentretry.operations
+WHERE tenant = 'cp' AND run_id = 'cp-9' AND compensation_of IS NOT NULL ORDER BY completed_at;
+
+--
 -- bad input
 --
 SELECT try_stmt($$SELECT agentretry.compensate('cp-nope', 'cp')$$);
