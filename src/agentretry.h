@@ -148,6 +148,7 @@ extern const char *const action_labels[];
 extern int	label_index(const char *const *labels, const char *label);
 extern int	enum_datum_index(const char *const *labels, Datum enumval);
 extern Datum label_enum_datum(Oid enumtypoid, const char *label);
+extern Datum result_label_datum(FunctionCallInfo fcinfo, const char *label);
 extern int64 interval_usec(const Interval *iv);
 extern Interval *usec_interval(int64 usec);
 extern TimestampTz ts_add_usec(TimestampTz ts, int64 usec);

@@ -52,13 +52,6 @@ load_awaiting(const char *action, const char *tenant, const char *key,
 	return GetCurrentTimestamp();	/* after any wait for the row lock */
 }
 
-static Datum
-state_datum(FunctionCallInfo fcinfo, OpState state)
-{
-	return label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
-							op_state_labels[state]);
-}
-
 PG_FUNCTION_INFO_V1(agentretry_approve);
 
 /*
@@ -89,7 +82,7 @@ agentretry_approve(PG_FUNCTION_ARGS)
 	transition_store(&op, now);
 	record_actor_event("approved", &op, "approved", note, now);
 	ar_spi_end(&spi);
-	PG_RETURN_DATUM(state_datum(fcinfo, OP_RETRY_WAIT));
+	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_RETRY_WAIT]));
 }
 
 PG_FUNCTION_INFO_V1(agentretry_reject);
@@ -121,5 +114,5 @@ agentretry_reject(PG_FUNCTION_ARGS)
 	transition_store(&op, now);
 	record_actor_event("rejected", &op, "rejected", why, now);
 	ar_spi_end(&spi);
-	PG_RETURN_DATUM(state_datum(fcinfo, OP_CANCELLED));
+	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_CANCELLED]));
 }

@@ -53,13 +53,6 @@ trace_operator(const char *kind, const Operation *op, const char *reason,
 	record_actor_event(kind, &traced, reason, NULL, now);
 }
 
-static Datum
-state_datum(FunctionCallInfo fcinfo, OpState state)
-{
-	return label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
-							op_state_labels[state]);
-}
-
 PG_FUNCTION_INFO_V1(agentretry_requeue);
 
 /*
@@ -148,7 +141,7 @@ agentretry_requeue(PG_FUNCTION_ARGS)
 	/* traced before the saga (if any) moves on with the change */
 	trace_operator("requeue", &op, reset ? "requeued_reset" : "requeued", now);
 	transition_store(&op, now);
-	result = state_datum(fcinfo, op.state);
+	result = result_label_datum(fcinfo, op_state_labels[op.state]);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }
@@ -186,7 +179,7 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 	operation_set_terminal(&op, OP_CANCELLED, reason);
 	trace_operator("cancel", &op, reason, now);
 	transition_store(&op, now);
-	result = state_datum(fcinfo, op.state);
+	result = result_label_datum(fcinfo, op_state_labels[op.state]);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }

@@ -247,8 +247,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	state = op.state;
 	ar_spi_end(&spi);
 
-	PG_RETURN_DATUM(label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
-									 op_state_labels[state]));
+	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[state]));
 }
 
 PG_FUNCTION_INFO_V1(agentretry_lookup);

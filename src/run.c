@@ -89,13 +89,6 @@ arg_run_id(FunctionCallInfo fcinfo, int argno)
 	return arg_name(fcinfo, argno, "run_id", NULL, AR_MAX_KEY_LEN);
 }
 
-static Datum
-run_state_datum(FunctionCallInfo fcinfo, RunState state)
-{
-	return label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo),
-							run_state_labels[state]);
-}
-
 PG_FUNCTION_INFO_V1(agentretry_start_run);
 
 /*
@@ -167,7 +160,7 @@ agentretry_start_run(PG_FUNCTION_ARGS)
 		state = run.state;
 	}
 	ar_spi_end(&spi);
-	PG_RETURN_DATUM(run_state_datum(fcinfo, state));
+	PG_RETURN_DATUM(result_label_datum(fcinfo, run_state_labels[state]));
 }
 
 PG_FUNCTION_INFO_V1(agentretry_finish_run);
@@ -210,7 +203,7 @@ agentretry_finish_run(PG_FUNCTION_ARGS)
 						 "The run ends when its compensations end." :
 						 "A run is finished once.");
 	ar_spi_end(&spi);
-	PG_RETURN_DATUM(run_state_datum(fcinfo, target));
+	PG_RETURN_DATUM(result_label_datum(fcinfo, run_state_labels[target]));
 }
 
 PG_FUNCTION_INFO_V1(agentretry_checkpoint);

@@ -71,6 +71,13 @@ enum_datum_index(const char *const *labels, Datum enumval)
 	return label_index(labels, label);
 }
 
+/* SQL enum value of label, as the result of a function returning that enum */
+Datum
+result_label_datum(FunctionCallInfo fcinfo, const char *label)
+{
+	return label_enum_datum(get_fn_expr_rettype(fcinfo->flinfo), label);
+}
+
 /* SQL enum value of label, for a result column of type enumtypoid */
 Datum
 label_enum_datum(Oid enumtypoid, const char *label)
