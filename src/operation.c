@@ -118,9 +118,9 @@
 	" RETURNING o.lease_expires_at, o.deadline, o.lease_token, o.attempts"
 
 /*
- * A new key while no tool requires approval and no tenant has a policy
- * (both cached per backend): no gate, and the tool's row read for the two
- * fields needed.
+ * A new key of a tool that does not require approval while no tenant has
+ * a policy (both cached per backend): no gate, and the tool's row read for
+ * the two fields needed.
  */
 #define INSERT_UNGATED_SQL \
 	"INSERT INTO agentretry.operations AS o" \
@@ -473,7 +473,8 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	param_text(values, nulls, 10, op->step);
 
 	if (ar_run(tenant_policies_exist() ? &insert_plan :
-			   gated_tools_exist() ? &insert_tool_plan : &insert_ungated_plan,
+			   tool_may_require_approval(op->tool) ? &insert_tool_plan :
+			   &insert_ungated_plan,
 			   values, nulls, false) == 0)
 		return false;
 

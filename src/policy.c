@@ -26,6 +26,8 @@
 #include "funcapi.h"
 #include "utils/builtins.h"
 #include "utils/float.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
 #include "utils/timestamp.h"
 
 #include "cache.h"
@@ -228,14 +230,64 @@ tenant_policies_exist(void)
 }
 
 /*
- * Does any tool require approval (by its own field, or as a destructive
- * tool by default)?  Without, and without tenant policies, a new key is
- * inserted without the gate.
+ * The tools that require approval (by their own field, or as destructive
+ * tools by default), by name, cached per backend like the flags of
+ * cache.c: rebuilt when the tools table changes.
+ */
+static MemoryContext gated_names_cxt = NULL;
+static HTAB *gated_names = NULL;
+static uint64 gated_names_generation = 0;
+
+static ArPlan gated_names_plan = {
+	"SELECT t.name FROM agentretry.tools t"
+	" WHERE coalesce(t.requires_approval, t.side_effect = 'destructive')",
+	0, {InvalidOid}
+};
+
+static void
+load_gated_names(void)
+{
+	HASHCTL		ctl;
+	uint64		n;
+	uint64		i;
+
+	if (gated_names_cxt == NULL)
+		gated_names_cxt = AllocSetContextCreate(TopMemoryContext,
+												"agentretry gated tools",
+												ALLOCSET_SMALL_SIZES);
+	MemoryContextReset(gated_names_cxt);
+	gated_names = NULL;
+	ctl.keysize = AR_MAX_NAME_LEN + 1;
+	ctl.entrysize = AR_MAX_NAME_LEN + 1;
+	ctl.hcxt = gated_names_cxt;
+	n = ar_run(&gated_names_plan, NULL, NULL, false);
+	gated_names = hash_create("agentretry gated tools", Max(n, 8), &ctl,
+							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+	for (i = 0; i < n; i++)
+		(void) hash_search(gated_names,
+						   SPI_getvalue(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1),
+						   HASH_ENTER, NULL);
+	gated_names_generation = gated_tools_flag.generation;
+}
+
+/*
+ * Might a new key of this tool need approval, by the tool's policy?  No
+ * when no tool requires approval, or (read with a fresh snapshot) this
+ * one does not; a new key is then inserted without the gate.  Under
+ * REPEATABLE READ and SERIALIZABLE nothing is cached: yes, and the
+ * statement decides.  Tenant policies are not looked at (the caller
+ * checks tenant_policies_exist() first).
  */
 bool
-gated_tools_exist(void)
+tool_may_require_approval(const char *tool)
 {
-	return cached_flag(&gated_tools_flag);
+	if (!cached_flag(&gated_tools_flag))
+		return false;
+	if (IsolationUsesXactSnapshot())
+		return true;
+	if (gated_names == NULL || gated_names_generation != gated_tools_flag.generation)
+		load_gated_names();
+	return hash_search(gated_names, tool, HASH_FIND, NULL) != NULL;
 }
 
 static char *

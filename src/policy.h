@@ -84,6 +84,6 @@ extern void policy_tier_defaults(Policy *p, SideEffect side_effect);
 extern void policy_from_columns(Policy *p, HeapTuple tup, TupleDesc desc,
 								int firstcol);
 extern bool tenant_policies_exist(void);
-extern bool gated_tools_exist(void);
+extern bool tool_may_require_approval(const char *tool);
 
 #endif							/* AGENTRETRY_POLICY_H */
