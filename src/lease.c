@@ -19,6 +19,7 @@
 #include "utils/timestamp.h"
 
 #include "events.h"
+#include "saga.h"
 #include "transition.h"
 
 /*
@@ -98,9 +99,7 @@ agentretry_release(PG_FUNCTION_ARGS)
 	learn_run_state(&op);
 	if (op.state == OP_IN_PROGRESS && op.compensating && op.compensation_of == NULL)
 	{
-		/* a step of a run being undone is not started again */
-		operation_set_terminal(&op, OP_CANCELLED, "compensating");
-		record_simple_event("cancel", &op, "compensating", now);
+		saga_cancel_step(&op, now);
 	}
 	else if (op.state == OP_IN_PROGRESS)
 	{

@@ -198,6 +198,17 @@ record_run_event(const char *kind, const char *tenant, const char *run_id,
 }
 
 /*
+ * A step of a run being undone is not started again: it is cancelled
+ * (reason compensating) and traced; the caller stores it.
+ */
+void
+saga_cancel_step(Operation *op, TimestampTz now)
+{
+	operation_set_terminal(op, OP_CANCELLED, "compensating");
+	record_simple_event("cancel", op, "compensating", now);
+}
+
+/*
  * Bring the run's steps up to date with its compensation (see the file
  * header); returns how many compensations were scheduled.  The caller
  * holds the run's lock.
@@ -219,9 +230,8 @@ saga_sync(Datum *values, TimestampTz now)
 
 		memset(&op, 0, sizeof(op));
 		operation_from_row(waiting->vals[i], waiting->tupdesc, &op);
-		operation_set_terminal(&op, OP_CANCELLED, "compensating");
+		saga_cancel_step(&op, now);
 		operation_store(&op, now);
-		record_simple_event("cancel", &op, "compensating", now);
 	}
 	ar_run(&mark_in_flight_plan, values, NULL, false);
 

@@ -12,6 +12,7 @@
 
 #include "operation.h"
 
+extern void saga_cancel_step(Operation *op, TimestampTz now);
 extern int	saga_advance(const char *tenant, const char *run_id,
 						 TimestampTz now);
 extern void record_run_event(const char *kind, const char *tenant,

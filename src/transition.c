@@ -374,10 +374,8 @@ claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	if (op->compensating && op->compensation_of == NULL &&
 		op->state == OP_RETRY_WAIT)
 	{
-		/* a step of a run being undone does not start again */
-		operation_set_terminal(op, OP_CANCELLED, "compensating");
-		/* traced before the saga (if any) moves on with the change */
-		record_simple_event("cancel", op, "compensating", req->now);
+		/* traced before the saga moves on with the change */
+		saga_cancel_step(op, req->now);
 		transition_store(op, req->now);
 		answer_terminal(a, op);
 		return;
