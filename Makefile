@@ -3,6 +3,7 @@ EXTENSION = agentretry
 MODULE_big = agentretry
 OBJS = \
 	src/agentretry.o \
+	src/anomaly.o \
 	src/approval.o \
 	src/backoff.o \
 	src/cache.o \
@@ -14,14 +15,17 @@ OBJS = \
 	src/op_hash.o \
 	src/operator.o \
 	src/operation.o \
+	src/observe.o \
 	src/outcome.o \
 	src/policy.o \
+	src/reconcile.o \
 	src/run.o \
 	src/runs.o \
 	src/saga.o \
 	src/schedule.o \
 	src/sha256.o \
 	src/spi.o \
+	src/stats.o \
 	src/sweep.o \
 	src/transition.o \
 	src/types.o \

@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "agentretry.h"
+#include "stats.h"
 
 PG_MODULE_MAGIC;
 
@@ -39,6 +40,8 @@ int			ar_event_retention_sec = 30 * SECS_PER_DAY;
 bool		ar_trace_all = false;
 int			ar_deadline_grace_sec = 60;
 int			ar_run_max_retries = 5;
+int			ar_verify_stale_after_sec = 15 * SECS_PER_MINUTE;
+bool		ar_track_stats = true;
 
 void		_PG_init(void);
 
@@ -100,6 +103,24 @@ _PG_init(void)
 							5, 0, INT_MAX,
 							PGC_SUSET, 0,
 							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("agentretry.verify_stale_after",
+							gettext_noop("How long an operation may await verification before reconcile() reports it (stale_verification)."),
+							NULL,
+							&ar_verify_stale_after_sec,
+							15 * SECS_PER_MINUTE, 1, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("agentretry.track_stats",
+							 gettext_noop("Count attempts, replays, successes and the rest for stats()."),
+							 gettext_noop("Counts are kept in memory and written about once a second per session."),
+							 &ar_track_stats,
+							 true,
+							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	stats_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("agentretry");

@@ -50,6 +50,8 @@ extern int	ar_event_retention_sec;
 extern bool ar_trace_all;
 extern int	ar_deadline_grace_sec;
 extern int	ar_run_max_retries;
+extern int	ar_verify_stale_after_sec;
+extern bool ar_track_stats;
 
 /*
  * C mirrors of the SQL enums.  The order matches the SQL label order; the
@@ -131,7 +133,8 @@ typedef enum DecisionAction
 {
 	ACT_RETRY,
 	ACT_VERIFY,
-	ACT_DEAD
+	ACT_DEAD,
+	ACT_SUCCEEDED				/* late evidence: it happened (never decided) */
 } DecisionAction;
 
 /* types.c: label tables and conversions */

@@ -27,6 +27,7 @@
 #include "utils/timestamp.h"
 
 #include "events.h"
+#include "stats.h"
 #include "transition.h"
 
 /* Lock the operation and check that it awaits approval. */
@@ -81,6 +82,7 @@ agentretry_approve(PG_FUNCTION_ARGS)
 	op.reason = "approved";
 	transition_store(&op, now);
 	record_actor_event("approved", &op, "approved", note, now);
+	stats_count(op.tenant, op.tool, ST_APPROVALS);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_RETRY_WAIT]));
 }

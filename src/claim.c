@@ -16,6 +16,9 @@
  * requires approval is recorded as awaiting_approval and answers
  * approval.
  *
+ * Replays are counted for stats() in memory (stats.c), so a replay still
+ * writes nothing.
+ *
  * Pattern A (claim, effect and complete in one transaction): a concurrent
  * claimant of the same key blocks in the INSERT on the uncommitted row,
  * and after the commit reads it as succeeded: replay.  If the first
@@ -36,6 +39,7 @@
 #include "budget.h"
 #include "events.h"
 #include "runs.h"
+#include "stats.h"
 #include "transition.h"
 
 /* Retries of the read/insert loop when the row keeps vanishing. */
@@ -220,6 +224,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 				break;
 			}
 			budget_count_first_attempt(&op, req.owner, req.now);
+			stats_count_attempt(&op, true);
 			if (ar_trace_all)
 				record_simple_event("claim", &op, NULL, req.now);
 			answer_init(&answer, OUT_EXECUTE, &op);
@@ -230,12 +235,18 @@ agentretry_claim(PG_FUNCTION_ARGS)
 		/* a concurrent claim inserted the key first: read what it did */
 	}
 
-	if (answer.outcome == OUT_REPLAY && ar_trace_all)
+	if (answer.outcome == OUT_REPLAY)
 	{
-		/* the event names who was answered, not who completed the key */
-		op.lease_owner = (char *) req.owner;
-		record_simple_event("replay", &op, NULL, req.now);
+		/* a duplicate prevented: counted without writing (stats.c) */
+		stats_count_replay(tenant, op.tool);
+		if (ar_trace_all)
+		{
+			/* the event names who was answered, not who completed the key */
+			op.lease_owner = (char *) req.owner;
+			record_simple_event("replay", &op, NULL, req.now);
+		}
 	}
+	stats_maybe_flush(req.now);
 
 	/* form the row while SPI's memory (result, reason) is still alive */
 	MemoryContextSwitchTo(spi.caller);

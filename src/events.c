@@ -22,23 +22,25 @@
 
 #include "events.h"
 
-#define EVENT_NARGS 17
+#define EVENT_NARGS 20
 
 /* the run's workflow version and correlation id go on every event of it */
 static ArPlan insert_event_plan = {
 	"INSERT INTO agentretry.events"
 	" (tenant, at, kind, key, tool, run_id, step, attempt,"
 	"  failure_class, failure_phase, code, message, reason,"
-	"  delay, lease_token, owner, actor, workflow_version, correlation_id)"
+	"  delay, lease_token, owner, actor, receipt, source, detail,"
+	"  workflow_version, correlation_id)"
 	" SELECT $1, $2, $3, $4, $5, $6, $7, $8,"
 	"  $9::agentretry.failure_class, $10::agentretry.failure_phase,"
-	"  $11, $12, $13, $14, $15, $16, $17, r.workflow_version, r.correlation_id"
+	"  $11, $12, $13, $14, $15, $16, $17, $18, $19, $20,"
+	"  r.workflow_version, r.correlation_id"
 	" FROM (SELECT) one LEFT JOIN agentretry.runs r"
 	"  ON r.tenant = $1 AND r.run_id = $6",
 	EVENT_NARGS,
 	{TEXTOID, TIMESTAMPTZOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID,
 		INT4OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID,
-	INT8OID, TEXTOID, TEXTOID}
+	INT8OID, TEXTOID, TEXTOID, TEXTOID, TEXTOID, JSONBOID}
 };
 
 /* Append one event; the caller must be SPI-connected. */
@@ -70,6 +72,9 @@ record_event(const EventData *ev)
 	nulls[14] = op->key ? ' ' : 'n';
 	param_text(values, nulls, 15, op->lease_owner);
 	param_text(values, nulls, 16, ev->actor);
+	param_text(values, nulls, 17, ev->receipt);
+	param_text(values, nulls, 18, ev->source);
+	param_jsonb(values, nulls, 19, ev->detail);
 
 	ar_run(&insert_event_plan, values, nulls, false);
 }
@@ -90,6 +95,9 @@ record_plain_event(const char *kind, const Operation *op, const char *reason,
 	ev.reason = reason;
 	ev.delay = USEC_NONE;
 	ev.actor = actor;
+	ev.receipt = op->receipt;
+	ev.source = NULL;
+	ev.detail = NULL;
 	ev.at = at;
 	record_event(&ev);
 }
@@ -118,4 +126,30 @@ record_actor_event(const char *kind, const Operation *op, const char *reason,
 				   const char *message, TimestampTz at)
 {
 	record_plain_event(kind, op, reason, message, current_actor(), at);
+}
+
+/*
+ * Evidence that op's side effect happened (observe()): answer is what it
+ * did, receipt, source and detail are the evidence as reported.  op may be
+ * a key that does not exist (an orphan), with only tenant and key set.
+ */
+void
+record_observation(const Operation *op, const char *answer,
+				   const char *receipt, const char *source, Jsonb *detail,
+				   TimestampTz at)
+{
+	EventData	ev;
+
+	memset(&ev, 0, sizeof(ev));
+	ev.kind = "observe";
+	ev.op = op;
+	ev.failure_class = -1;
+	ev.failure_phase = -1;
+	ev.reason = answer;
+	ev.delay = USEC_NONE;
+	ev.receipt = receipt;
+	ev.source = source;
+	ev.detail = detail;
+	ev.at = at;
+	record_event(&ev);
 }

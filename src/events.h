@@ -23,6 +23,9 @@ typedef struct EventData
 	const char *reason;
 	int64		delay;			/* USEC_NONE: none */
 	const char *actor;			/* the role of an operator action, or NULL */
+	const char *receipt;		/* completed or observed, or NULL */
+	const char *source;			/* of an observation, or NULL */
+	Jsonb	   *detail;			/* of an observation, or NULL */
 	TimestampTz at;
 } EventData;
 
@@ -32,6 +35,9 @@ extern void record_simple_event(const char *kind, const Operation *op,
 extern void record_actor_event(const char *kind, const Operation *op,
 							   const char *reason, const char *message,
 							   TimestampTz at);
+extern void record_observation(const Operation *op, const char *answer,
+							   const char *receipt, const char *source,
+							   Jsonb *detail, TimestampTz at);
 extern char *current_actor(void);
 
 #endif							/* AGENTRETRY_EVENTS_H */

@@ -76,7 +76,11 @@
  * saga on (outcome.c), so the common case needs no RETURNING and no read
  * of a run.  A step the saga could not mark (another transaction held it)
  * completes here unseen; the saga counts it in flight until the next
- * change of the run, or the sweep, catches up with it (saga.c).
+ * change of the run, or the sweep, catches up with it (saga.c).  Likewise
+ * evidence observed during the attempt with another receipt than the
+ * caller's (a duplicate side effect) is left to a late caller, which
+ * records the anomaly.  A success after retries or with a receipt is due
+ * for reconcile().
  */
 #define COMPLETE_SQL(ttl) \
 	"UPDATE agentretry.operations o SET" \
@@ -84,11 +88,16 @@
 	" compensate_args = $6, reason = $7, lease_expires_at = NULL," \
 	" next_attempt_at = NULL, completed_at = $8, updated_at = $8," \
 	" state_since = $8," \
-	" expires_at = $8 + coalesce(" ttl ", $9)" \
+	" expires_at = $8 + coalesce(" ttl ", $9)," \
+	" receipt = coalesce($11, o.observed_receipt), observed_receipt = NULL," \
+	" reconcile_at = CASE WHEN o.attempts > 1 OR $11 IS NOT NULL" \
+	"  OR o.observed_receipt IS NOT NULL THEN $8 END" \
 	" WHERE o.tenant = $1 AND o.key = $2 AND o.lease_token = $3" \
 	" AND o.state IN ('in_progress', 'retry_wait', 'verify')" \
 	" AND o.first_attempt_at IS NOT NULL" \
-	" AND ($10 OR NOT o.compensating)"
+	" AND ($10 OR NOT o.compensating)" \
+	" AND ($10 OR o.observed_receipt IS NULL OR $11 IS NULL" \
+	"  OR o.observed_receipt = $11)"
 
 /*
  * A new key: leased as attempt 1, or, when its policy requires approval
@@ -145,12 +154,13 @@
 	{TEXTOID, TEXTOID, BYTEAOID, JSONBOID, TEXTOID, TEXTOID, \
 	TIMESTAMPTZOID, INTERVALOID, INTERVALOID, TEXTOID, TEXTOID}
 
-#define COMPLETE_NARGS 10
+#define COMPLETE_NARGS 11
 #define COMPLETE_ARGTYPES \
 	{TEXTOID, TEXTOID, INT8OID, JSONBOID, TEXTOID, JSONBOID, TEXTOID, \
-	TIMESTAMPTZOID, INTERVALOID, BOOLOID}
+	TIMESTAMPTZOID, INTERVALOID, BOOLOID, TEXTOID}
 #define COMPLETE_RETURNING \
-	" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step"
+	" RETURNING o.tool, o.attempts, o.lease_owner, o.run_id, o.step," \
+	" o.first_attempt_at, o.compensation_of, o.receipt"
 
 static ArPlan load_lock_plan = {
 	"SELECT " AR_OP_SELECT
@@ -190,13 +200,15 @@ static ArPlan store_plan = {
 	" last_failure_code = $13, last_failure_message = $14,"
 	" last_delay = $15, reason = $16, completed_at = $17,"
 	" expires_at = $18, updated_at = $19, deadline = $20, compensating = $21,"
+	" receipt = $22, observed_receipt = $23, reconcile_at = $24,"
 	" state_since = CASE WHEN state = $3::agentretry.operation_state"
 	"                    THEN state_since ELSE $19 END"
 	" WHERE tenant = $1 AND key = $2",
-	21, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
+	24, {TEXTOID, TEXTOID, TEXTOID, INT4OID, INT8OID, TEXTOID,
 		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID,
 		TEXTOID, TEXTOID, TEXTOID, TEXTOID, INTERVALOID, TEXTOID,
-	TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID}
+		TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TIMESTAMPTZOID, BOOLOID,
+	TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
 
 /*
@@ -218,6 +230,13 @@ static ArPlan complete_tool_plan = {
 static ArPlan complete_returning_tool_plan = {
 	COMPLETE_SQL(TOOL_FIELD("ttl", "o.tool")) COMPLETE_RETURNING,
 	COMPLETE_NARGS, COMPLETE_ARGTYPES
+};
+
+static ArPlan store_receipts_plan = {
+	"UPDATE agentretry.operations SET receipt = $3, observed_receipt = $4,"
+	" reconcile_at = $5, updated_at = $6"
+	" WHERE tenant = $1 AND key = $2",
+	6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
 static ArPlan row_plan = {
@@ -275,7 +294,7 @@ static const char *const peek_columns[] = {
 	"last_attempt_at", "deadline", "last_failure_class",
 	"last_failure_phase", "last_failure_code", "last_failure_message",
 	"last_delay", "reason", "result", "run_id", "step", "compensation_of",
-	"compensating"
+	"compensating", "receipt", "observed_receipt", "reconcile_at"
 };
 #define PEEK_NCOLUMNS lengthof(peek_columns)
 StaticAssertDecl(PEEK_NCOLUMNS == AR_OP_NCOLUMNS,
@@ -368,6 +387,9 @@ fill_operation(Operation *op, Datum *v, bool *n)
 	op->step = n[19] ? NULL : TextDatumGetCString(v[19]);
 	op->compensation_of = n[20] ? NULL : TextDatumGetCString(v[20]);
 	op->compensating = !n[21] && DatumGetBool(v[21]);
+	op->receipt = n[22] ? NULL : TextDatumGetCString(v[22]);
+	op->observed_receipt = n[23] ? NULL : TextDatumGetCString(v[23]);
+	op->reconcile_at = n[24] ? TS_NONE : DatumGetTimestampTz(v[24]);
 	op->run_checked = false;
 }
 
@@ -497,6 +519,9 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 	op->has_result = false;
 	op->compensation_of = NULL;
 	op->compensating = false;
+	op->receipt = NULL;
+	op->observed_receipt = NULL;
+	op->reconcile_at = TS_NONE;
 	op->run_checked = true;		/* its claim joined the running run */
 	return true;
 }
@@ -511,8 +536,8 @@ operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 void
 operation_store(const Operation *op, TimestampTz now)
 {
-	Datum		values[21];
-	char		nulls[21];
+	Datum		values[24];
+	char		nulls[24];
 	bool		terminal = op_state_terminal(op->state);
 
 	memset(nulls, ' ', sizeof(nulls));
@@ -537,25 +562,29 @@ operation_store(const Operation *op, TimestampTz now)
 	values[18] = TimestampTzGetDatum(now);
 	param_ts(values, nulls, 19, op->deadline);
 	values[20] = BoolGetDatum(op->compensating);
+	param_text(values, nulls, 21, op->receipt);
+	param_text(values, nulls, 22, op->observed_receipt);
+	param_ts(values, nulls, 23, op->reconcile_at);
 
 	if (ar_run(&store_plan, values, nulls, false) != 1)
 		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
 }
 
 /*
- * Mark the operation succeeded with its receipt, if lease_token is still
- * the newest and the operation not terminal.  One statement: the WHERE
- * clause is the fencing check.  With for_event, op's tool, attempts,
- * owner, run_id and step are filled for tracing (a RETURNING the common
- * case does without).  An operation of a run being compensated is only
- * completed late, by a caller holding its row lock.  Returns false when
- * the check failed or the key does not exist.
+ * Mark the operation succeeded with its result and receipt, if lease_token
+ * is still the newest and the operation not terminal.  One statement: the
+ * WHERE clause is the fencing check.  With want_row, op's tool, attempts,
+ * owner, run_id, step, first attempt, compensation_of and receipt are
+ * filled for tracing and stats (a RETURNING a call with both off does
+ * without).  An operation of a run being compensated, or with evidence of
+ * another receipt, is only completed late, by a caller holding its row
+ * lock.  Returns false when the check failed or the key does not exist.
  */
 bool
 operation_complete(Operation *op, int64 lease_token, Jsonb *result,
-				   const char *reason, const char *compensate_tool,
-				   Jsonb *compensate_args, bool for_event, bool late,
-				   TimestampTz now)
+				   const char *receipt, const char *reason,
+				   const char *compensate_tool, Jsonb *compensate_args,
+				   bool want_row, bool late, TimestampTz now)
 {
 	Datum		values[COMPLETE_NARGS];
 	char		nulls[COMPLETE_NARGS];
@@ -575,17 +604,19 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	values[7] = TimestampTzGetDatum(now);
 	values[8] = IntervalPGetDatum(usec_interval((int64) ar_default_ttl_sec * USECS_PER_SEC));
 	values[9] = BoolGetDatum(late);
+	param_text(values, nulls, 10, receipt);
 
 	if (tenant_policies_exist())
-		plan = for_event ? &complete_returning_plan : &complete_plan;
+		plan = want_row ? &complete_returning_plan : &complete_plan;
 	else
-		plan = for_event ? &complete_returning_tool_plan : &complete_tool_plan;
+		plan = want_row ? &complete_returning_tool_plan : &complete_tool_plan;
 	if (ar_run(plan, values, nulls, false) == 0)
 		return false;
 	op->state = OP_SUCCEEDED;
 	op->lease_token = lease_token;
 	op->reason = (char *) reason;
-	if (!for_event)
+	op->observed_receipt = NULL;
+	if (!want_row)
 		return true;
 
 	tup = SPI_tuptable->vals[0];
@@ -595,7 +626,43 @@ operation_complete(Operation *op, int64 lease_token, Jsonb *result,
 	op->lease_owner = col_text(tup, desc, 3);
 	op->run_id = col_text(tup, desc, 4);
 	op->step = col_text(tup, desc, 5);
+	op->first_attempt_at = col_ts(tup, desc, 6);
+	op->compensation_of = col_text(tup, desc, 7);
+	op->receipt = col_text(tup, desc, 8);
 	return true;
+}
+
+/*
+ * Write back op's receipt, observed receipt and reconcile_at alone (the
+ * row locked): evidence that changes nothing else, such as the completion
+ * time.
+ */
+void
+operation_store_receipts(const Operation *op, TimestampTz now)
+{
+	Datum		values[6];
+	char		nulls[6];
+
+	memset(nulls, ' ', sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	param_text(values, nulls, 2, op->receipt);
+	param_text(values, nulls, 3, op->observed_receipt);
+	param_ts(values, nulls, 4, op->reconcile_at);
+	values[5] = TimestampTzGetDatum(now);
+	if (ar_run(&store_receipts_plan, values, nulls, false) != 1)
+		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
+}
+
+/*
+ * Whether reconcile() must look at op once it is succeeded: after retries
+ * (success_after_retry), or with a receipt (duplicate_receipt).  The same
+ * rule as complete()'s UPDATE.
+ */
+bool
+operation_needs_reconcile(const Operation *op)
+{
+	return op->attempts > 1 || op->receipt != NULL;
 }
 
 /*

@@ -39,6 +39,9 @@ typedef struct Operation
 	char	   *step;
 	char	   *compensation_of;	/* the step a compensation undoes */
 	bool		compensating;	/* its run is being compensated */
+	char	   *receipt;		/* the side effect's external reference */
+	char	   *observed_receipt;	/* evidence that came while leased */
+	TimestampTz reconcile_at;	/* when reconcile() looks at it */
 	bool		run_checked;	/* the run's state was looked at (transition.c) */
 	Policy		policy;			/* filled by the locking reads */
 } Operation;
@@ -50,8 +53,9 @@ typedef struct Operation
 	"o.first_attempt_at, o.last_attempt_at, o.deadline, " \
 	"o.last_failure_class, o.last_failure_phase, " \
 	"o.last_failure_code, o.last_failure_message, o.last_delay, o.reason, " \
-	"o.result, o.run_id, o.step, o.compensation_of, o.compensating"
-#define AR_OP_NCOLUMNS 22
+	"o.result, o.run_id, o.step, o.compensation_of, o.compensating, " \
+	"o.receipt, o.observed_receipt, o.reconcile_at"
+#define AR_OP_NCOLUMNS 25
 
 /*
  * The select list that operation_from_row() reads: tenant, key, the
@@ -68,10 +72,13 @@ extern bool operation_insert(Operation *op, Jsonb *args, int64 lease_usec,
 							 TimestampTz now);
 extern void operation_store(const Operation *op, TimestampTz now);
 extern bool operation_complete(Operation *op, int64 lease_token,
-							   Jsonb *result, const char *reason,
+							   Jsonb *result, const char *receipt,
+							   const char *reason,
 							   const char *compensate_tool,
-							   Jsonb *compensate_args, bool for_event,
+							   Jsonb *compensate_args, bool want_row,
 							   bool late, TimestampTz now);
+extern bool operation_needs_reconcile(const Operation *op);
+extern void operation_store_receipts(const Operation *op, TimestampTz now);
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,

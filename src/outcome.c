@@ -23,40 +23,79 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
+#include "anomaly.h"
 #include "events.h"
 #include "saga.h"
+#include "stats.h"
 #include "transition.h"
+
+/* evidence observed during the attempt names another receipt */
+static bool
+evidence_differs(const Operation *op, const char *receipt)
+{
+	return op->observed_receipt != NULL && receipt != NULL &&
+		strcmp(op->observed_receipt, receipt) != 0;
+}
+
+/*
+ * The holder completed with receipt, but evidence observed during its
+ * attempt named another: the side effect happened twice.
+ */
+static void
+record_duplicate(const Operation *op, const char *observed, TimestampTz now)
+{
+	AnomalyData an;
+	StringInfoData detail;
+
+	anomaly_init(&an, "duplicate_side_effect", op, now);
+	an.receipt = observed;
+	an.attempt = op->attempts;
+	detail_begin(&detail);
+	detail_text(&detail, "stored_receipt", op->receipt);
+	detail_text(&detail, "observed_receipt", observed);
+	detail_text(&detail, "found_by", "complete");
+	an.detail = detail_end(&detail);
+	record_anomaly(&an);
+}
 
 /*
  * The fast UPDATE of complete() changed nothing.  Either the fencing check
  * failed (say why), or the operation is a step of a run that is no longer
- * running: complete it under its row lock, and if the run is being
- * compensated, move the saga on (the late success is undone too).
+ * running, or evidence observed during the attempt names another receipt:
+ * complete it under its row lock, and if the run is being compensated,
+ * move the saga on (the late success is undone too); record a duplicate
+ * side effect.
  */
 static void
 complete_refused(Operation *done, int64 lease_token, Jsonb *result,
-				 const char *compensate_tool, Jsonb *compensate_args,
-				 TimestampTz now)
+				 const char *receipt, const char *compensate_tool,
+				 Jsonb *compensate_args, TimestampTz now)
 {
 	Operation	op;
 	const char *tenant = done->tenant;
 	const char *key = done->key;
+	char	   *observed;
 
 	if (!operation_peek(tenant, key, &op))
 		report_unknown_key(tenant, key);
 	check_fencing(&op, lease_token);
-	if (op.run_id != NULL)
+	if (op.run_id != NULL || evidence_differs(&op, receipt))
 	{
 		if (!operation_load(tenant, key, &op))
 			report_unknown_key(tenant, key);
 		check_fencing(&op, lease_token);
 		now = GetCurrentTimestamp();	/* after any wait for the row lock */
 		learn_run_state(&op);
-		if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
-								compensate_args, false, true, now))
+		observed = evidence_differs(&op, receipt) ? op.observed_receipt : NULL;
+		if (!operation_complete(&op, lease_token, result, receipt, NULL,
+								compensate_tool, compensate_args, true, true,
+								now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
+		if (observed != NULL)
+			record_duplicate(&op, observed, now);
 		if (ar_trace_all)
 			record_simple_event("complete", &op, NULL, now);
+		stats_count_success(&op, now);
 		if (op.compensating)
 			saga_advance(op.tenant, op.run_id, now);
 		return;
@@ -73,12 +112,17 @@ PG_FUNCTION_INFO_V1(agentretry_complete);
 /*
  * complete(key text, lease_token bigint, result jsonb DEFAULT NULL, tenant
  *			text DEFAULT NULL, compensate_tool text DEFAULT NULL,
- *			compensate_args jsonb DEFAULT NULL) returns void
+ *			compensate_args jsonb DEFAULT NULL, receipt text DEFAULT NULL)
+ *			returns void
  *
- * Records success and its receipt.  Accepted exactly when lease_token is
- * the newest issued for the key and the operation is not terminal (an
- * expired lease nobody took over still completes: the work was done);
- * otherwise raises AR002, which in pattern A rolls the side effect back.
+ * Records success, its result and its receipt (the provider's reference of
+ * the side effect).  Accepted exactly when lease_token is the newest
+ * issued for the key and the operation is not terminal (an expired lease
+ * nobody took over still completes: the work was done); otherwise raises
+ * AR002, which in pattern A rolls the side effect back.  Evidence that
+ * observe() reported during the attempt is compared: another receipt is
+ * recorded as a duplicate_side_effect anomaly; without a receipt here, the
+ * observed one is stored.
  */
 Datum
 agentretry_complete(PG_FUNCTION_ARGS)
@@ -88,6 +132,7 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	Jsonb	   *result;
 	char	   *compensate_tool;
 	Jsonb	   *compensate_args;
+	char	   *receipt;
 	TimestampTz now = GetCurrentTimestamp();
 	ArSpi		spi;
 
@@ -98,14 +143,21 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	op.tenant = arg_tenant(fcinfo, 3);
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
+	receipt = arg_name(fcinfo, 6, "receipt", NULL, AR_MAX_KEY_LEN);
 
 	ar_spi_begin(&spi);
-	if (!operation_complete(&op, lease_token, result, NULL, compensate_tool,
-							compensate_args, ar_trace_all, false, now))
-		complete_refused(&op, lease_token, result, compensate_tool,
+	if (!operation_complete(&op, lease_token, result, receipt, NULL,
+							compensate_tool, compensate_args,
+							ar_trace_all || ar_track_stats, false, now))
+		complete_refused(&op, lease_token, result, receipt, compensate_tool,
 						 compensate_args, now);
-	else if (ar_trace_all)
-		record_simple_event("complete", &op, NULL, now);
+	else
+	{
+		if (ar_trace_all)
+			record_simple_event("complete", &op, NULL, now);
+		stats_count_success(&op, now);
+	}
+	stats_maybe_flush(now);
 	ar_spi_end(&spi);
 	PG_RETURN_VOID();
 }
@@ -168,6 +220,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 				 errhint("Call resolve() with what the target system says, or release() to give the verification lease back.")));
 	apply_failure(&op, failure, phase, code, message, retry_after, 0, now, &d);
 	transition_store(&op, now);
+	stats_maybe_flush(now);
 
 	MemoryContextSwitchTo(spi.caller);
 	result = decision_datum(fcinfo, &d);
@@ -194,10 +247,11 @@ PG_FUNCTION_INFO_V1(agentretry_resolve);
 
 /*
  * resolve(key text, lease_token bigint, executed boolean, result jsonb
- *		   DEFAULT NULL, tenant text DEFAULT NULL) returns operation_state
+ *		   DEFAULT NULL, tenant text DEFAULT NULL, receipt text DEFAULT NULL)
+ *		   returns operation_state
  *
- * Ends a verification.  executed = true stores the receipt and the
- * operation succeeds; false makes it due for retry (or dead when no retry
+ * Ends a verification.  executed = true stores the result and receipt and
+ * the operation succeeds; false makes it due for retry (or dead when no retry
  * is allowed).  Returns the new state.  Raises AR002 unless lease_token is
  * the newest, then AR004 unless the operation awaits verification.
  */
@@ -209,6 +263,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	bool		executed;
 	Jsonb	   *result;
 	char	   *tenant;
+	char	   *receipt;
 	TimestampTz now;
 	Operation	op;
 	OpState		state;
@@ -218,6 +273,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	executed = PG_GETARG_BOOL(2);
 	result = arg_payload(fcinfo, 3, "result", false);
 	tenant = arg_tenant(fcinfo, 4);
+	receipt = arg_name(fcinfo, 5, "receipt", NULL, AR_MAX_KEY_LEN);
 
 	ar_spi_begin(&spi);
 	if (!operation_load(tenant, key, &op))
@@ -235,10 +291,11 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	learn_run_state(&op);
 	if (executed)
 	{
-		if (!operation_complete(&op, lease_token, result, "verified_executed",
-								NULL, NULL, true, true, now))
+		if (!operation_complete(&op, lease_token, result, receipt,
+								"verified_executed", NULL, NULL, true, true, now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		record_simple_event("resolve", &op, "verified_executed", now);
+		stats_count_success(&op, now);
 		if (op.compensating)
 			saga_advance(op.tenant, op.run_id, now);
 	}

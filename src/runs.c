@@ -62,7 +62,9 @@ static ArPlan read_plans[] = {
 
 static ArPlan set_state_plan = {
 	"UPDATE agentretry.runs SET state = $3::agentretry.run_state, updated_at = $4,"
-	" finished_at = CASE WHEN $5 THEN $4 END"
+	" finished_at = CASE WHEN $5 THEN $4 END,"
+	" reconcile_at = CASE WHEN $3 IN ('succeeded', 'failed') THEN $4"
+	"  ELSE reconcile_at END"
 	" WHERE tenant = $1 AND run_id = $2",
 	5, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BOOLOID}
 };
@@ -142,7 +144,9 @@ run_state_final(RunState s)
 
 /*
  * Move a locked run to state; a final state records when it finished, any
- * other (a compensation reopened by a late success) clears it.
+ * other (a compensation reopened by a late success) clears it.  A run
+ * finished by its caller (succeeded, failed) is due for reconcile(), which
+ * reports it if steps of it are still open.
  */
 void
 run_set_state(const char *tenant, const char *run_id, RunState state,

@@ -256,3 +256,115 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	ar_spi_end(&spi);
 	return (Datum) 0;
 }
+
+/* $1 tenant, $2 now, $3 how many, $4 tools or NULL */
+static ArPlan due_verifications_plan = {
+	"SELECT " AR_OP_SELECT ", o.args, o.state_since"
+	" FROM agentretry.operations o" AR_POLICY_JOINS
+	" WHERE o.tenant = $1 AND o.state = 'verify'"
+	" AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)"
+	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))"
+	" ORDER BY o.state_since"
+	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
+	4, DUE_ARGTYPES
+};
+
+static void
+put_verification(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
+				 TimestampTz since, const ClaimAnswer *a)
+{
+	Datum		values[13];
+	bool		nulls[13];
+
+	memset(nulls, false, sizeof(nulls));
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = CStringGetTextDatum(op->tool);
+	values[3] = args;
+	values[4] = Int32GetDatum(a->attempt);
+	values[5] = Int64GetDatum(a->lease_token);
+	values[6] = TimestampTzGetDatum(a->lease_expires_at);
+	values[7] = op->run_id ? CStringGetTextDatum(op->run_id) : (Datum) 0;
+	nulls[7] = op->run_id == NULL;
+	values[8] = op->step ? CStringGetTextDatum(op->step) : (Datum) 0;
+	nulls[8] = op->step == NULL;
+	nulls[9] = op->failure_class < 0;
+	if (!nulls[9])
+		values[9] = label_enum_datum(TupleDescAttr(rsinfo->setDesc, 9)->atttypid,
+									 failure_class_labels[op->failure_class]);
+	values[10] = op->failure_code ? CStringGetTextDatum(op->failure_code) : (Datum) 0;
+	nulls[10] = op->failure_code == NULL;
+	values[11] = op->failure_message ? CStringGetTextDatum(op->failure_message) : (Datum) 0;
+	nulls[11] = op->failure_message == NULL;
+	values[12] = TimestampTzGetDatum(since);
+	nulls[12] = since == TS_NONE;
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+PG_FUNCTION_INFO_V1(agentretry_claim_verifications);
+
+/*
+ * claim_verifications(owner text DEFAULT NULL, max integer DEFAULT 10,
+ *					   tools text[] DEFAULT NULL, tenant text DEFAULT NULL,
+ *					   lease interval DEFAULT NULL)
+ *		returns table (tenant, key, tool, args, attempt, lease_token,
+ *					   lease_expires_at, run_id, step, last_failure_class,
+ *					   last_failure_code, last_failure_message, since)
+ *
+ * Leases up to max operations of the tenant that await verification and
+ * that no verifier holds, oldest first, optionally only of the given
+ * tools: each is claim()'s verify outcome.  The verifier checks the target
+ * system and calls resolve() with the lease_token (executed or not).  Rows
+ * that other transactions hold are skipped, not waited for.  since is when
+ * the operation began to await verification.
+ */
+Datum
+agentretry_claim_verifications(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
+	char	   *tenant = arg_tenant(fcinfo, 3);
+	bool		tools_null;
+	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
+	ClaimRequest req;
+	Datum		values[4];
+	char		nulls[4] = {' ', ' ', ' ', tools_null ? 'n' : ' '};
+	SPITupleTable *tt;
+	uint64		got;
+	uint64		i;
+	ArSpi		spi;
+
+	memset(&req, 0, sizeof(req));
+	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
+	if (req.owner == NULL)
+		req.owner = GetUserNameFromId(GetOuterUserId(), false);
+	req.lease = arg_lease_usec(fcinfo, 4, "lease");
+	req.now = GetCurrentTimestamp();
+
+	InitMaterializedSRF(fcinfo, 0);
+	ar_spi_begin(&spi);
+	values[0] = CStringGetTextDatum(tenant);
+	values[1] = TimestampTzGetDatum(req.now);
+	values[2] = Int32GetDatum(max);
+	values[3] = tools;
+	got = ar_run(&due_verifications_plan, values, nulls, false);
+	tt = SPI_tuptable;			/* kept until SPI_finish */
+	for (i = 0; i < got; i++)
+	{
+		Operation	op;
+		ClaimAnswer a;
+		Datum		args;
+		TimestampTz since;
+		bool		isnull;
+
+		memset(&op, 0, sizeof(op));
+		operation_from_row(tt->vals[i], tt->tupdesc, &op);
+		args = SPI_getbinval(tt->vals[i], tt->tupdesc, AR_OP_SELECT_NCOLUMNS + 1, &isnull);
+		since = col_ts(tt->vals[i], tt->tupdesc, AR_OP_SELECT_NCOLUMNS + 2);
+		claim_transition(&op, &req, &a);
+		if (a.outcome == OUT_VERIFY)
+			put_verification(rsinfo, &op, args, since, &a);
+	}
+	ar_spi_end(&spi);
+	return (Datum) 0;
+}

@@ -19,7 +19,12 @@
  *	5. runs idle for agentretry.default_ttl whose operations are all gone
  *	   are deleted with their context versions, at most max;
  *	6. the sagas of runs being compensated or under review are advanced
- *	   (saga.c), at most max runs.
+ *	   (saga.c), at most max runs;
+ *	7. reconcile() looks at operations and runs due for reconciliation,
+ *	   at most max of each (reconcile.c).
+ *
+ * Step 4 also ages out, with the events' retention, acknowledged
+ * anomalies and the counts behind stats().
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
@@ -41,7 +46,9 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "reconcile.h"
 #include "saga.h"
+#include "stats.h"
 #include "transition.h"
 
 #define SWEEP_MAX 100000
@@ -111,6 +118,32 @@ static ArPlan purge_ledger_plan = {
 	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
 	"  FOR UPDATE SKIP LOCKED) d"
 	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
+
+/* acknowledged anomalies: as events */
+static ArPlan purge_anomalies_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.anomalies e USING ("
+	"  SELECT x.tenant, x.id FROM agentretry.anomalies x"
+	"  WHERE x.found_at < $1 AND x.acknowledged_at IS NOT NULL"
+	"  ORDER BY x.found_at LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
+	" SELECT count(*) FROM gone",
+	2, NOW_MAX_ARGTYPES
+};
+
+/* the counts behind stats(): as events */
+static ArPlan purge_stats_plan = {
+	"WITH gone AS ("
+	" DELETE FROM agentretry.stats_counts e USING ("
+	"  SELECT x.tenant, x.bucket, x.tool, x.backend FROM agentretry.stats_counts x"
+	"  WHERE x.bucket < $1 ORDER BY x.bucket LIMIT $2"
+	"  FOR UPDATE SKIP LOCKED) d"
+	" WHERE e.tenant = d.tenant AND e.bucket = d.bucket AND e.tool = d.tool"
+	" AND e.backend = d.backend RETURNING 1)"
 	" SELECT count(*) FROM gone",
 	2, NOW_MAX_ARGTYPES
 };
@@ -251,7 +284,7 @@ PG_FUNCTION_INFO_V1(agentretry_sweep);
  *
  * One bounded round of housekeeping (see the file header); returns
  * (leases_expired, deadlines_exceeded, operations_purged, events_purged,
- * due_retries, more, ledger_purged, runs_purged).  more is true when a
+ * due_retries, more, ledger_purged, runs_purged, anomalies_found).  more is true when a
  * step stopped at max: call again.  NOTIFY agentretry carries due_retries when it is not zero.
  */
 Datum
@@ -260,10 +293,12 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	int			max;
 	TimestampTz now = GetCurrentTimestamp();
 	int			counts[6];
+	int			anomalies;
+	bool		more_reconcile;
 	int64		due;
 	TupleDesc	desc;
-	Datum		values[8];
-	bool		nulls[8] = {false, false, false, false, false, false, false, false};
+	Datum		values[9];
+	bool		nulls[9] = {false, false, false, false, false, false, false, false, false};
 	TimestampTz retention_start = ts_add_usec(now, -(int64) ar_event_retention_sec * USECS_PER_SEC);
 	int			i;
 	ArSpi		spi;
@@ -284,9 +319,13 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	counts[2] = purge(&purge_operations_plan, now, max);
 	counts[3] = purge(&purge_events_plan, retention_start, max);
 	counts[4] = purge(&purge_ledger_plan, retention_start, max);
+	(void) purge(&purge_anomalies_plan, retention_start, max);
+	(void) purge(&purge_stats_plan, retention_start, max);
 	counts[5] = purge(&purge_runs_plan,
 					  ts_add_usec(now, -(int64) ar_default_ttl_sec * USECS_PER_SEC), max);
 	advance_sagas(now, max);
+	anomalies = reconcile_round(now, max, &more_reconcile);
+	stats_maybe_flush(now);
 	due = count_due(now);
 	ar_spi_end(&spi);
 
@@ -304,7 +343,8 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	values[4] = Int64GetDatum(due);
 	values[6] = Int32GetDatum(counts[4]);
 	values[7] = Int32GetDatum(counts[5]);
-	if (counts[4] >= max || counts[5] >= max)
+	values[8] = Int32GetDatum(anomalies);
+	if (counts[4] >= max || counts[5] >= max || more_reconcile)
 		values[5] = BoolGetDatum(true);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

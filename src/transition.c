@@ -34,14 +34,20 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "anomaly.h"
 #include "budget.h"
 #include "events.h"
 #include "runs.h"
 #include "saga.h"
+#include "stats.h"
 #include "transition.h"
 
 static void budget_deny(Decision *d, TimestampTz deadline, TimestampTz at,
 						TimestampTz now);
+static void apply_pending_evidence(Operation *op, FailureClass failure,
+								   FailurePhase phase, const char *code,
+								   const char *message, TimestampTz now,
+								   Decision *d);
 
 /*
  * Is the run of op (a step, locked by the caller) being compensated?  The
@@ -251,6 +257,7 @@ issue_lease(Operation *op, const ClaimRequest *req, bool verification,
 		op->state = OP_IN_PROGRESS;
 		op->attempts++;
 		op->last_attempt_at = req->now;
+		stats_count_attempt(op, op->first_attempt_at == TS_NONE);
 		if (op->first_attempt_at == TS_NONE)
 		{
 			/*
@@ -306,6 +313,11 @@ take_over_expired(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 			transition_store(op, req->now);
 			answer_terminal(a, op);
 			break;
+		case ACT_SUCCEEDED:
+			/* evidence observed during the lease: it happened */
+			transition_store(op, req->now);
+			answer_without_transition(op, req->now, a);
+			break;
 	}
 }
 
@@ -328,6 +340,7 @@ pay_budget_wait(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 	d.retry_at = req->now;
 	d.delay = 0;
 	budget_deny(&d, op->deadline, allowed_at, req->now);
+	stats_count(op->tenant, op->tool, ST_BUDGET_DENIALS);
 	if (d.action == ACT_DEAD)
 	{
 		dead_letter(op, d.reason, req->now);
@@ -434,6 +447,7 @@ dead_letter(Operation *op, const char *reason, TimestampTz now)
 {
 	operation_set_terminal(op, OP_DEAD, reason);
 	record_simple_event("dead", op, reason, now);
+	stats_count_dead(op);
 	transition_store(op, now);
 }
 
@@ -479,6 +493,11 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	int64		backoff;
 	bool		cancelled = false;
 
+	if (op->observed_receipt != NULL)
+	{
+		apply_pending_evidence(op, failure, phase, code, message, now, d);
+		return;
+	}
 	learn_run_state(op);
 
 	backoff = backoff_usec(attempt, op->policy.base_delay,
@@ -510,7 +529,10 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 		const char *why;
 
 		if (!budget_allow_retry(op, failure, now, &allowed_at, &why))
+		{
 			budget_deny(d, op->deadline, allowed_at, now);
+			stats_count(op->tenant, op->tool, ST_BUDGET_DENIALS);
+		}
 	}
 
 	op->failure_class = failure;
@@ -529,10 +551,17 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 		case ACT_VERIFY:
 			op->state = OP_VERIFY;
 			op->next_attempt_at = TS_NONE;
+			/* reconcile() reports it if nobody resolves it in time */
+			op->reconcile_at = ts_add_usec(now, (int64) ar_verify_stale_after_sec * USECS_PER_SEC);
+			stats_count(op->tenant, op->tool, ST_VERIFICATIONS);
 			break;
 		case ACT_DEAD:
 			operation_set_terminal(op, cancelled ? OP_CANCELLED : OP_DEAD, d->reason);
+			if (!cancelled)
+				stats_count_dead(op);
 			break;
+		case ACT_SUCCEEDED:
+			elog(ERROR, "agentretry: a failure was decided as a success");
 	}
 
 	ev.kind = cancelled ? "cancel" : action_labels[d->action];
@@ -544,8 +573,67 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 	ev.reason = d->reason;
 	ev.delay = d->delay;
 	ev.actor = NULL;
+	ev.receipt = NULL;
+	ev.source = NULL;
+	ev.detail = NULL;
 	ev.at = now;
 	record_event(&ev);
+}
+
+/*
+ * Evidence that op's side effect happened arrived (observe()) while op was
+ * leased, and now its holder reports a failure, or its lease expired: the
+ * side effect did happen.  So op succeeds with the observed receipt and is
+ * never retried (d->action succeeded), and what its holder believed is
+ * recorded as an outcome_corrected anomaly.  The caller stores op.
+ */
+static void
+apply_pending_evidence(Operation *op, FailureClass failure,
+					   FailurePhase phase, const char *code,
+					   const char *message, TimestampTz now, Decision *d)
+{
+	EventData	ev;
+	AnomalyData an;
+	StringInfoData detail;
+
+	op->failure_class = failure;
+	op->failure_phase = phase == PHASE_UNKNOWN ? -1 : (int) phase;
+	op->failure_code = (char *) code;
+	op->failure_message = (char *) message;
+	op->receipt = op->observed_receipt;
+	op->observed_receipt = NULL;
+	operation_set_terminal(op, OP_SUCCEEDED, "observed");
+	op->reconcile_at = now;		/* its receipt: check for duplicates */
+
+	d->action = ACT_SUCCEEDED;
+	d->retry_at = TS_NONE;
+	d->delay = USEC_NONE;
+	d->attempt = op->attempts;
+	d->reason = "observed";
+
+	anomaly_init(&an, "outcome_corrected", op, now);
+	an.receipt = op->receipt;
+	an.attempt = op->attempts;
+	detail_begin(&detail);
+	detail_text(&detail, "believed", "failed");
+	detail_text(&detail, "failure_class", failure_class_labels[failure]);
+	detail_text(&detail, "code", code);
+	an.detail = detail_end(&detail);
+	record_anomaly(&an);
+
+	memset(&ev, 0, sizeof(ev));
+	ev.kind = "corrected";
+	ev.op = op;
+	ev.failure_class = failure;
+	ev.failure_phase = op->failure_phase;
+	ev.code = code;
+	ev.message = message;
+	ev.reason = "observed";
+	ev.delay = USEC_NONE;
+	ev.receipt = op->receipt;
+	ev.at = now;
+	record_event(&ev);
+	stats_count_success(op, now);
 }
 
 void

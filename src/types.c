@@ -42,7 +42,7 @@ const char *const side_effect_labels[] =
 const char *const jitter_labels[] =
 {"none", "full", "equal", "decorrelated", NULL};
 const char *const action_labels[] =
-{"retry", "verify", "dead", NULL};
+{"retry", "verify", "dead", "succeeded", NULL};
 
 /*
  * Position of label in a NULL-terminated label table.  A miss means the SQL

@@ -1,17 +1,17 @@
-/* agentretry--0.4.0.sql */
+/* agentretry--0.5.0.sql */
 
 -- complain if script is sourced in psql, rather than via CREATE EXTENSION
 \echo Use "CREATE EXTENSION agentretry" to load this file. \quit
 
 -- ---------------------------------------------------------------------------
--- The complete install script of agentretry 0.4.0: the whole schema, its
+-- The complete install script of agentretry 0.5.0: the whole schema, its
 -- comments and its grants in one file.  CREATE EXTENSION agentretry runs
 -- this script alone.  Existing installations are upgraded by the update
 -- scripts agentretry--A--B.sql (agentretry--0.1.0--0.2.0.sql, then
--- agentretry--0.2.0--0.3.0.sql, then agentretry--0.3.0--0.4.0.sql), and
--- CREATE EXTENSION agentretry VERSION '0.1.0' still installs
--- agentretry--0.1.0.sql (VERSION '0.2.0' or '0.3.0': 0.1.0 and the
--- updates up to that version).
+-- agentretry--0.2.0--0.3.0.sql, agentretry--0.3.0--0.4.0.sql and
+-- agentretry--0.4.0--0.5.0.sql), and CREATE EXTENSION agentretry VERSION
+-- '0.1.0' still installs agentretry--0.1.0.sql (an older VERSION: 0.1.0
+-- and the updates up to that version).
 --
 -- This script builds exactly what 0.1.0 and those updates build, object
 -- for object (the regression test upgrade compares the two): the same
@@ -23,10 +23,12 @@
 -- and from 0.4.0 operation_state 'awaiting_approval', outcome 'approval',
 -- tools.requires_approval, operations.compensation_of and compensating,
 -- events.correlation_id and actor, tenant_policies.requires_approval,
--- sweep_summary.runs_purged.
+-- sweep_summary.runs_purged, and from 0.5.0 decision_action 'succeeded',
+-- sweep_summary.anomalies_found, operations.receipt, observed_receipt and
+-- reconcile_at, runs.reconcile_at, events.receipt, source and detail.
 --
 -- Released scripts are not edited: a change of the schema goes into a new
--- update script agentretry--0.4.0--X.sql, and into the complete script of
+-- update script agentretry--0.5.0--X.sql, and into the complete script of
 -- version X.
 -- ---------------------------------------------------------------------------
 
@@ -89,7 +91,8 @@ COMMENT ON TYPE agentretry.side_effect_class IS 'risk tier of a tool: 1 read, 2 
 CREATE TYPE agentretry.jitter_mode AS ENUM ('none', 'full', 'equal', 'decorrelated');
 COMMENT ON TYPE agentretry.jitter_mode IS 'randomisation applied to exponential backoff';
 
-CREATE TYPE agentretry.decision_action AS ENUM ('retry', 'verify', 'dead');
+-- succeeded was added by 0.5.0 (ALTER TYPE ... ADD VALUE), hence last
+CREATE TYPE agentretry.decision_action AS ENUM ('retry', 'verify', 'dead', 'succeeded');
 COMMENT ON TYPE agentretry.decision_action IS 'what happens after a failed attempt';
 
 CREATE TYPE agentretry.claim_result AS (
@@ -120,9 +123,17 @@ CREATE TYPE agentretry.run_state AS ENUM
 COMMENT ON TYPE agentretry.run_state IS
 	'lifecycle of a run: running, finished (succeeded or failed), or undoing its steps (compensating, then compensated or needs_review)';
 
+CREATE TYPE agentretry.anomaly_kind AS ENUM
+	('duplicate_side_effect', 'outcome_corrected', 'orphan_side_effect',
+	 'success_after_retry', 'stale_verification', 'run_finished_open',
+	 'duplicate_receipt');
+COMMENT ON TYPE agentretry.anomaly_kind IS
+	'what reconciliation found: a side effect done twice, an outcome believed wrong, evidence of an unknown key, a success that needed retries, a verification left waiting, a run finished with open steps, one receipt on two keys';
+
 -- The sweep purges ledger rows with the events' retention (ledger_purged,
--- added by 0.3.0), and idle runs with their context (runs_purged, added by
--- 0.4.0); both were added with ALTER TYPE ... ADD ATTRIBUTE, hence last.
+-- added by 0.3.0), idle runs with their context (runs_purged, added by
+-- 0.4.0), and reconciles (anomalies_found, added by 0.5.0); all were added
+-- with ALTER TYPE ... ADD ATTRIBUTE, hence last.
 CREATE TYPE agentretry.sweep_summary AS (
 	leases_expired integer,
 	deadlines_exceeded integer,
@@ -131,7 +142,8 @@ CREATE TYPE agentretry.sweep_summary AS (
 	due_retries bigint,
 	more boolean,
 	ledger_purged integer,
-	runs_purged integer
+	runs_purged integer,
+	anomalies_found integer
 );
 COMMENT ON TYPE agentretry.sweep_summary IS
 	'what one sweep() did; more = a step stopped at max, call again';
@@ -345,10 +357,14 @@ CREATE TABLE agentretry.operations (
 	completed_at timestamptz,
 	expires_at timestamptz,
 	-- added by updates (ALTER TABLE ... ADD COLUMN), hence last: state_since
-	-- by 0.2.0, compensation_of and compensating by 0.4.0
+	-- by 0.2.0, compensation_of and compensating by 0.4.0, receipt,
+	-- observed_receipt and reconcile_at by 0.5.0
 	state_since timestamptz,
 	compensation_of text,
 	compensating boolean NOT NULL DEFAULT false,
+	receipt text,
+	observed_receipt text,
+	reconcile_at timestamptz,
 	PRIMARY KEY (tenant, key)
 );
 COMMENT ON TABLE agentretry.operations IS
@@ -369,6 +385,27 @@ COMMENT ON COLUMN agentretry.operations.compensation_of IS
 	'for a compensation (key <step key>:compensate): the key of the step it undoes';
 COMMENT ON COLUMN agentretry.operations.compensating IS
 	'the operation''s run is being compensated: a late success of a step is compensated too, a failed step is not retried, a compensation''s end moves the saga on';
+COMMENT ON COLUMN agentretry.operations.receipt IS
+	'the side effect''s external reference (the provider''s id), from complete(), resolve() or observe()';
+COMMENT ON COLUMN agentretry.operations.observed_receipt IS
+	'receipt that observe() reported while the operation was leased; compared when the lease holder reports';
+COMMENT ON COLUMN agentretry.operations.reconcile_at IS
+	'when reconcile() must look at this operation; NULL: nothing to check';
+
+CREATE INDEX operations_receipt ON agentretry.operations (tenant, tool, receipt)
+	WHERE receipt IS NOT NULL;
+COMMENT ON INDEX agentretry.operations_receipt IS 'operations by receipt, to find one receipt on two keys';
+
+CREATE INDEX operations_reconcile ON agentretry.operations (reconcile_at)
+	WHERE reconcile_at IS NOT NULL;
+COMMENT ON INDEX agentretry.operations_reconcile IS 'operations reconcile() must look at, by when';
+
+-- verifications by age (claim_verifications), and the states that wait for
+-- a person, so that their counts never read the whole table
+CREATE INDEX operations_attention ON agentretry.operations (tenant, state, state_since)
+	WHERE state IN ('verify', 'dead', 'awaiting_approval');
+COMMENT ON INDEX agentretry.operations_attention IS
+	'operations awaiting verification, dead-lettered or awaiting approval, by tenant and age';
 
 -- The scheduling indexes: operations_retry_due holds only waiting rows by
 -- due time, operations_lease_expiry only leased rows by lease expiry, so
@@ -415,12 +452,19 @@ CREATE TABLE agentretry.events (
 	-- added by 0.4.0 (ALTER TABLE ... ADD COLUMN), hence last
 	correlation_id text,
 	actor text,
+	-- added by 0.5.0 (ALTER TABLE ... ADD COLUMN), hence last
+	receipt text,
+	source text,
+	detail jsonb,
 	PRIMARY KEY (tenant, id)
 );
 COMMENT ON TABLE agentretry.events IS
 	'append-only trace of decisions: retries, verifications, dead-letters; with agentretry.trace_all also claims, replays and completions';
 COMMENT ON COLUMN agentretry.events.actor IS
 	'the role that acted, for operator actions and approvals';
+COMMENT ON COLUMN agentretry.events.receipt IS 'the receipt completed or observed';
+COMMENT ON COLUMN agentretry.events.source IS 'for an observation: where the evidence came from';
+COMMENT ON COLUMN agentretry.events.detail IS 'for an observation: the evidence as reported';
 
 CREATE INDEX events_at ON agentretry.events (at);
 COMMENT ON INDEX agentretry.events_at IS 'events by time, for the retention purge';
@@ -478,11 +522,12 @@ CREATE FUNCTION agentretry.complete(
 	result jsonb DEFAULT NULL,
 	tenant text DEFAULT NULL,
 	compensate_tool text DEFAULT NULL,
-	compensate_args jsonb DEFAULT NULL)
+	compensate_args jsonb DEFAULT NULL,
+	receipt text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_complete'
 LANGUAGE C VOLATILE SECURITY DEFINER;
-COMMENT ON FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb) IS
+COMMENT ON FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb, text) IS
 	'record success and its receipt; raises AR002 unless lease_token is the newest and the operation is not terminal';
 
 CREATE FUNCTION agentretry.fail(
@@ -505,11 +550,12 @@ CREATE FUNCTION agentretry.resolve(
 	lease_token bigint,
 	executed boolean,
 	result jsonb DEFAULT NULL,
-	tenant text DEFAULT NULL)
+	tenant text DEFAULT NULL,
+	receipt text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_resolve'
 LANGUAGE C VOLATILE SECURITY DEFINER;
-COMMENT ON FUNCTION agentretry.resolve(text, bigint, boolean, jsonb, text) IS
+COMMENT ON FUNCTION agentretry.resolve(text, bigint, boolean, jsonb, text, text) IS
 	'end a verification: executed stores the receipt; not executed makes the operation due for retry';
 
 CREATE FUNCTION agentretry.heartbeat(
@@ -1100,6 +1146,8 @@ CREATE TABLE agentretry.runs (
 	started_at timestamptz NOT NULL,
 	updated_at timestamptz NOT NULL,
 	finished_at timestamptz,
+	-- added by 0.5.0 (ALTER TABLE ... ADD COLUMN), hence last
+	reconcile_at timestamptz,
 	PRIMARY KEY (tenant, run_id)
 );
 COMMENT ON TABLE agentretry.runs IS
@@ -1109,6 +1157,10 @@ COMMENT ON COLUMN agentretry.runs.max_retry_events IS
 COMMENT ON COLUMN agentretry.runs.updated_at IS
 	'last change; the sweep purges a run idle for agentretry.default_ttl once none of its operations is left';
 CREATE INDEX runs_updated_at ON agentretry.runs (updated_at);
+COMMENT ON COLUMN agentretry.runs.reconcile_at IS
+	'when reconcile() must check the finished run for open steps; NULL: nothing to check';
+CREATE INDEX runs_reconcile ON agentretry.runs (reconcile_at)
+	WHERE reconcile_at IS NOT NULL;
 -- the sweep advances the sagas of runs being compensated or under review
 CREATE INDEX runs_compensating ON agentretry.runs (updated_at)
 	WHERE state IN ('compensating', 'needs_review');
@@ -1343,6 +1395,267 @@ COMMENT ON VIEW agentretry.approval_queue IS
 	'operations waiting for a person''s approve() or reject(): what, asked by whom, since when, with its arguments';
 
 -- ---------------------------------------------------------------------------
+-- anomalies
+--
+-- Each anomaly is recorded once: anomalies_once is its identity (the kind
+-- and what it is about), and every writer inserts with ON CONFLICT DO
+-- NOTHING, so overlapping reconciles and repeated evidence add nothing.
+-- ---------------------------------------------------------------------------
+CREATE TABLE agentretry.anomalies (
+	tenant text NOT NULL,
+	id bigint GENERATED ALWAYS AS IDENTITY,
+	kind agentretry.anomaly_kind NOT NULL,
+	key text,
+	other_key text,
+	run_id text,
+	tool text,
+	receipt text,
+	attempt integer,
+	detail jsonb,
+	found_at timestamptz NOT NULL,
+	acknowledged_at timestamptz,
+	acknowledged_by text,
+	note text,
+	PRIMARY KEY (tenant, id)
+);
+COMMENT ON TABLE agentretry.anomalies IS
+	'what reconciliation and late evidence found wrong or worth auditing; acknowledge() marks one as seen';
+CREATE UNIQUE INDEX anomalies_once ON agentretry.anomalies
+	(tenant, kind, key, other_key, run_id, receipt, attempt) NULLS NOT DISTINCT;
+COMMENT ON INDEX agentretry.anomalies_once IS 'one anomaly per kind and subject, however often it is found';
+CREATE INDEX anomalies_id ON agentretry.anomalies (id);
+CREATE INDEX anomalies_found_at ON agentretry.anomalies (found_at);
+CREATE INDEX anomalies_open ON agentretry.anomalies (tenant, kind)
+	WHERE acknowledged_at IS NULL;
+SELECT pg_catalog.pg_extension_config_dump('agentretry.anomalies', '');
+SELECT pg_catalog.pg_extension_config_dump('agentretry.anomalies_id_seq', '');
+
+-- ---------------------------------------------------------------------------
+-- stats
+--
+-- Counts per tenant, tool and minute, written by each backend (backend is
+-- its process id) about once a second from counts it keeps in memory, so
+-- that no call, a replay least of all, writes a row for itself.  One row
+-- per backend: backends never wait for each other's counts.
+-- completion_hist: successes by time to stable completion (first attempt
+-- to success), in the buckets of agentretry.stats_buckets().
+-- ---------------------------------------------------------------------------
+CREATE TABLE agentretry.stats_counts (
+	tenant text NOT NULL,
+	bucket timestamptz NOT NULL,
+	tool text NOT NULL,
+	backend integer NOT NULL,
+	first_attempts bigint NOT NULL DEFAULT 0,
+	executions bigint NOT NULL DEFAULT 0,
+	replays bigint NOT NULL DEFAULT 0,
+	successes bigint NOT NULL DEFAULT 0,
+	successes_after_retry bigint NOT NULL DEFAULT 0,
+	verifications bigint NOT NULL DEFAULT 0,
+	dead_letters bigint NOT NULL DEFAULT 0,
+	budget_denials bigint NOT NULL DEFAULT 0,
+	approvals bigint NOT NULL DEFAULT 0,
+	compensations_succeeded bigint NOT NULL DEFAULT 0,
+	compensations_dead bigint NOT NULL DEFAULT 0,
+	completion_hist bigint[] NOT NULL,
+	PRIMARY KEY (tenant, bucket, tool, backend)
+);
+COMMENT ON TABLE agentretry.stats_counts IS
+	'counts behind stats(), per tenant, minute, tool and backend; written about once a second per backend';
+CREATE INDEX stats_counts_bucket ON agentretry.stats_counts (bucket);
+SELECT pg_catalog.pg_extension_config_dump('agentretry.stats_counts', '');
+
+-- upper bounds, in seconds, of the buckets of completion_hist (the last is
+-- open)
+CREATE FUNCTION agentretry.stats_buckets()
+RETURNS double precision[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN '{0.1,0.25,0.5,1,2.5,5,10,30,60,300,900,1800,3600,21600,86400,Infinity}'::double precision[];
+COMMENT ON FUNCTION agentretry.stats_buckets() IS
+	'upper bounds in seconds of the time-to-completion buckets of stats_counts.completion_hist';
+
+-- ---------------------------------------------------------------------------
+-- functions
+-- ---------------------------------------------------------------------------
+-- ---------------------------------------------------------------------------
+-- reconciliation, verification workers and stats
+-- ---------------------------------------------------------------------------
+CREATE FUNCTION agentretry.observe(
+	key text,
+	receipt text,
+	tenant text DEFAULT NULL,
+	source text DEFAULT NULL,
+	detail jsonb DEFAULT NULL)
+RETURNS text
+AS 'MODULE_PATHNAME', 'agentretry_observe'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.observe(text, text, text, text, jsonb) IS
+	'record late evidence that the side effect of key happened: resolved, confirmed, corrected, anomaly, pending or orphan';
+
+CREATE FUNCTION agentretry.reconcile(max integer DEFAULT 1000)
+RETURNS integer
+AS 'MODULE_PATHNAME', 'agentretry_reconcile'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.reconcile(integer) IS
+	'look at up to max operations and runs due for reconciliation; returns the number of anomalies recorded';
+
+CREATE FUNCTION agentretry.acknowledge(id bigint, note text DEFAULT NULL)
+RETURNS timestamptz
+AS 'MODULE_PATHNAME', 'agentretry_acknowledge'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.acknowledge(bigint, text) IS
+	'mark an anomaly as seen, with a note; returns when it was first acknowledged';
+
+CREATE FUNCTION agentretry.claim_verifications(
+	owner text DEFAULT NULL,
+	max integer DEFAULT 10,
+	tools text[] DEFAULT NULL,
+	tenant text DEFAULT NULL,
+	lease interval DEFAULT NULL)
+RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
+			   lease_token bigint, lease_expires_at timestamptz,
+			   run_id text, step text,
+			   last_failure_class agentretry.failure_class,
+			   last_failure_code text, last_failure_message text,
+			   since timestamptz)
+AS 'MODULE_PATHNAME', 'agentretry_claim_verifications'
+LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+COMMENT ON FUNCTION agentretry.claim_verifications(text, integer, text[], text, interval) IS
+	'lease up to max operations awaiting verification, oldest first, skipping those another verifier holds; resolve() each';
+
+CREATE FUNCTION agentretry.flush_stats()
+RETURNS integer
+AS 'MODULE_PATHNAME', 'agentretry_flush_stats'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.flush_stats() IS
+	'write the counts this session holds in memory to stats_counts now; returns the rows written';
+
+-- The p-quantile of a completion_hist, interpolated within its bucket
+-- (the open last bucket answers its lower bound).
+CREATE FUNCTION agentretry.stats_quantile(hist bigint[], p double precision)
+RETURNS interval
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+	SELECT pg_catalog.make_interval(secs =>
+		CASE WHEN b.hi = 'Infinity' THEN b.lo
+			 ELSE b.lo + (b.hi - b.lo) * (b.target - b.below) / b.n END)
+	FROM (SELECT h.n, h.hi,
+				 coalesce(pg_catalog.lag(h.hi) OVER (ORDER BY h.i), 0) AS lo,
+				 coalesce(sum(h.n) OVER (ORDER BY h.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS below,
+				 sum(h.n) OVER (ORDER BY h.i) AS upto,
+				 p * sum(h.n) OVER () AS target
+		  FROM unnest(hist, agentretry.stats_buckets()) WITH ORDINALITY AS h(n, hi, i)) b
+	WHERE b.n > 0 AND b.upto >= b.target
+	ORDER BY b.upto
+	LIMIT 1;
+END;
+COMMENT ON FUNCTION agentretry.stats_quantile(bigint[], double precision) IS
+	'the p-quantile of a time-to-completion histogram, interpolated within its bucket';
+
+-- The start of stats()'s window, after checking since and writing this
+-- session's counts.
+CREATE FUNCTION agentretry.stats_since(since interval)
+RETURNS timestamptz
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF since IS NULL THEN
+		RAISE EXCEPTION 'since must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF since < interval '0' THEN
+		RAISE EXCEPTION 'since must not be negative'
+			USING ERRCODE = '22023', DETAIL = format('since is %s.', since);
+	END IF;
+	PERFORM agentretry.flush_stats();
+	RETURN clock_timestamp() - since;
+END
+$$;
+COMMENT ON FUNCTION agentretry.stats_since(interval) IS
+	'the start of stats()''s window: checks since and writes this session''s counts first';
+
+-- stats(): what retries did, per tenant and tool, over the last `since`
+-- (whole minutes: a minute that began within the window counts).  This
+-- session's counts are written first (stats_since); other sessions' reach
+-- the table within about a second of their next call.  SQL, not
+-- PL/pgSQL: the parameter tenant and the result column tenant share a
+-- name.
+CREATE FUNCTION agentretry.stats(since interval DEFAULT '1 hour', tenant text DEFAULT NULL)
+RETURNS TABLE (tenant text, tool text,
+			   first_attempts bigint, executions bigint, replays bigint,
+			   retries bigint, successes bigint, successes_after_retry bigint,
+			   verifications bigint, dead_letters bigint, budget_denials bigint,
+			   approvals bigint, compensations_succeeded bigint,
+			   compensations_dead bigint, anomalies jsonb,
+			   duplicate_side_effects bigint, retry_rate double precision,
+			   duplicate_side_effect_rate double precision,
+			   compensation_success_rate double precision,
+			   completion_p50 interval, completion_p95 interval)
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+SELECT agentretry.stats_since(since);
+WITH w AS (
+	SELECT agentretry.stats_since(since) AS start),
+c AS (
+	SELECT s.tenant, s.tool,
+		   sum(s.first_attempts)::bigint AS first_attempts,
+		   sum(s.executions)::bigint AS executions,
+		   sum(s.replays)::bigint AS replays,
+		   sum(s.successes)::bigint AS successes,
+		   sum(s.successes_after_retry)::bigint AS successes_after_retry,
+		   sum(s.verifications)::bigint AS verifications,
+		   sum(s.dead_letters)::bigint AS dead_letters,
+		   sum(s.budget_denials)::bigint AS budget_denials,
+		   sum(s.approvals)::bigint AS approvals,
+		   sum(s.compensations_succeeded)::bigint AS compensations_succeeded,
+		   sum(s.compensations_dead)::bigint AS compensations_dead
+	FROM agentretry.stats_counts s, w
+	WHERE s.bucket >= date_bin('1 minute', w.start, timestamptz '2000-01-01 00:00+00')
+	  AND (stats.tenant IS NULL OR s.tenant = stats.tenant)
+	GROUP BY s.tenant, s.tool),
+h AS (
+	SELECT x.tenant, x.tool, array_agg(x.n ORDER BY x.i) AS hist
+	FROM (SELECT s.tenant, s.tool, e.i, sum(e.n)::bigint AS n
+		  FROM agentretry.stats_counts s CROSS JOIN w,
+			   unnest(s.completion_hist) WITH ORDINALITY AS e(n, i)
+		  WHERE s.bucket >= date_bin('1 minute', w.start, timestamptz '2000-01-01 00:00+00')
+			AND (stats.tenant IS NULL OR s.tenant = stats.tenant)
+		  GROUP BY s.tenant, s.tool, e.i) x
+	GROUP BY x.tenant, x.tool),
+a AS (
+	SELECT y.tenant, y.tool, jsonb_object_agg(y.kind, y.n) AS by_kind,
+		   coalesce(sum(y.n) FILTER (WHERE y.kind = 'duplicate_side_effect'), 0)::bigint AS dup
+	FROM (SELECT an.tenant, an.tool, an.kind::text AS kind, count(*) AS n
+		  FROM agentretry.anomalies an, w
+		  WHERE an.found_at >= w.start
+			AND (stats.tenant IS NULL OR an.tenant = stats.tenant)
+		  GROUP BY 1, 2, 3) y
+	GROUP BY y.tenant, y.tool)
+SELECT coalesce(c.tenant, a.tenant), coalesce(c.tool, a.tool),
+	   coalesce(c.first_attempts, 0), coalesce(c.executions, 0),
+	   coalesce(c.replays, 0),
+	   coalesce(c.executions - c.first_attempts, 0),
+	   coalesce(c.successes, 0), coalesce(c.successes_after_retry, 0),
+	   coalesce(c.verifications, 0), coalesce(c.dead_letters, 0),
+	   coalesce(c.budget_denials, 0), coalesce(c.approvals, 0),
+	   coalesce(c.compensations_succeeded, 0), coalesce(c.compensations_dead, 0),
+	   coalesce(a.by_kind, '{}'::jsonb),
+	   coalesce(a.dup, 0),
+	   (c.executions - c.first_attempts)::double precision / nullif(c.executions, 0),
+	   coalesce(a.dup, 0)::double precision / nullif(c.executions, 0),
+	   c.compensations_succeeded::double precision
+		   / nullif(c.compensations_succeeded + c.compensations_dead, 0),
+	   agentretry.stats_quantile(h.hist, 0.5),
+	   agentretry.stats_quantile(h.hist, 0.95)
+FROM c
+LEFT JOIN h ON h.tenant = c.tenant AND h.tool = c.tool
+FULL JOIN a ON a.tenant = c.tenant AND a.tool = c.tool
+ORDER BY 1, 2;
+$$;
+COMMENT ON FUNCTION agentretry.stats(interval, text) IS
+	'per tenant and tool over the last since: attempts, replays (duplicates prevented), retries, successes, verifications, dead-letters, denials, approvals, compensations, anomalies, rates, time to completion p50/p95';
+
+-- ---------------------------------------------------------------------------
 -- privileges: nothing for PUBLIC
 --
 -- (The schema's privileges are set under roles, above.)  Here, at the
@@ -1371,7 +1684,10 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.decide(agentretry.failure_class, agentretry.failure_phase, agentretry.idempotency_class, agentretry.side_effect_class, integer, integer, interval, interval, timestamptz, timestamptz),
 	agentretry.tier_defaults(),
 	agentretry.lookup(text, text),
-	agentretry.effective_policy(text, text)
+	agentretry.effective_policy(text, text),
+	agentretry.stats_buckets(),
+	agentretry.stats_quantile(bigint[], double precision),
+	agentretry.flush_stats()
 TO agentretry_agent, agentretry_operator, agentretry_admin;
 GRANT SELECT ON agentretry.tools, agentretry.tenant_policies, agentretry.budgets
 TO agentretry_agent, agentretry_operator, agentretry_admin;
@@ -1380,9 +1696,9 @@ TO agentretry_agent, agentretry_operator, agentretry_admin;
 -- compensation
 GRANT EXECUTE ON FUNCTION
 	agentretry.claim(text, jsonb, text, text, text, text, interval, text),
-	agentretry.complete(text, bigint, jsonb, text, text, jsonb),
+	agentretry.complete(text, bigint, jsonb, text, text, jsonb, text),
 	agentretry.fail(text, bigint, agentretry.failure_class, agentretry.failure_phase, text, text, interval, text),
-	agentretry.resolve(text, bigint, boolean, jsonb, text),
+	agentretry.resolve(text, bigint, boolean, jsonb, text, text),
 	agentretry.heartbeat(text, bigint, interval, text),
 	agentretry.release(text, bigint, text),
 	agentretry.claim_due(text, integer, text[], text, interval),
@@ -1390,7 +1706,9 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.finish_run(text, text, boolean),
 	agentretry.checkpoint(text, text, jsonb, text, integer),
 	agentretry.context(text, text, integer),
-	agentretry.compensate(text, text, text)
+	agentretry.compensate(text, text, text),
+	agentretry.observe(text, text, text, text, jsonb),
+	agentretry.claim_verifications(text, integer, text[], text, interval)
 TO agentretry_agent;
 
 -- operators: the sweep, requeue and cancel, a run's context and its
@@ -1402,13 +1720,18 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.context(text, text, integer),
 	agentretry.compensate(text, text, text),
 	agentretry.approve(text, text, text),
-	agentretry.reject(text, text, text)
+	agentretry.reject(text, text, text),
+	agentretry.observe(text, text, text, text, jsonb),
+	agentretry.reconcile(integer),
+	agentretry.acknowledge(bigint, text),
+	agentretry.stats_since(interval),
+	agentretry.stats(interval, text)
 TO agentretry_operator;
 GRANT SELECT ON agentretry.operations, agentretry.events, agentretry.token_floors,
 	agentretry.in_flight, agentretry.dead_letters, agentretry.verify_queue,
 	agentretry.budget_stripes, agentretry.budget_ledger, agentretry.budget_status,
 	agentretry.runs, agentretry.run_context, agentretry.run_status,
-	agentretry.approval_queue
+	agentretry.approval_queue, agentretry.anomalies, agentretry.stats_counts
 TO agentretry_operator;
 
 -- admins: tools, tenant policies, budgets and the pg_cron job
