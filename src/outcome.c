@@ -143,7 +143,9 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	op.tenant = arg_tenant(fcinfo, 3);
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
-	receipt = arg_name(fcinfo, 6, "receipt", NULL, AR_MAX_KEY_LEN);
+	/* a definition of complete() older than 0.5.0 passes no receipt */
+	receipt = PG_NARGS() > 6 ?
+		arg_name(fcinfo, 6, "receipt", NULL, AR_MAX_KEY_LEN) : NULL;
 
 	ar_spi_begin(&spi);
 	if (!operation_complete(&op, lease_token, result, receipt, NULL,
@@ -273,7 +275,9 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	executed = PG_GETARG_BOOL(2);
 	result = arg_payload(fcinfo, 3, "result", false);
 	tenant = arg_tenant(fcinfo, 4);
-	receipt = arg_name(fcinfo, 5, "receipt", NULL, AR_MAX_KEY_LEN);
+	/* a definition of resolve() older than 0.5.0 passes no receipt */
+	receipt = PG_NARGS() > 5 ?
+		arg_name(fcinfo, 5, "receipt", NULL, AR_MAX_KEY_LEN) : NULL;
 
 	ar_spi_begin(&spi);
 	if (!operation_load(tenant, key, &op))
