@@ -19,7 +19,8 @@
  * (a savepoint's rollback is not seen: its counts stay).  Replays are the
  * exception: the caller was told not to act, whatever became of its
  * transaction, so a replay is counted at once.  Counts written by a
- * transaction that then rolls back are kept to be written again.
+ * transaction that then rolls back are kept to be written again; counts
+ * are not written from within a subtransaction.
  *
  * Precision: a session's counts of its last second reach the table with
  * its next agentretry call (stats() writes the caller's own first); a
@@ -270,7 +271,12 @@ stats_flush(TimestampTz now)
 	int			written = 0;
 
 	last_flush = now;
-	if (!any_pending)
+	/*
+	 * Rows written in a subtransaction would vanish with its rollback while
+	 * the transaction itself commits and takes them as written: wait for a
+	 * call at the top level.
+	 */
+	if (!any_pending || GetCurrentTransactionNestLevel() > 1)
 		return 0;
 	values[1] = TimestampTzGetDatum(now - now % USECS_PER_MINUTE);
 	values[3] = Int32GetDatum(MyProcPid);
