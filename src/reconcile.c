@@ -23,7 +23,10 @@
  * and clears reconcile_at.  Rows are locked FOR UPDATE (runs FOR NO KEY
  * UPDATE) SKIP LOCKED, so overlapping reconciles and sweeps share the work
  * without waiting, and an anomaly found twice (a pair of keys seen from
- * both ends) is recorded once (anomaly.c).
+ * both ends) is recorded once (anomaly.c).  Only such pairs can make two
+ * reconciles wait for each other (on the unique index), so they are
+ * inserted in one global order: the second waits for the first instead of
+ * both waiting for each other.
  *
  * src/reconcile.c
  *
@@ -75,6 +78,7 @@ static ArPlan reconcile_operations_plan = {
 	"  WHERE o2.tenant = d.tenant AND o2.tool = d.tool AND o2.receipt = d.receipt"
 	"  AND o2.key <> d.key AND o2.state = 'succeeded' LIMIT 10) x"
 	" WHERE d.state = 'succeeded' AND d.receipt IS NOT NULL"
+	" ORDER BY d.tenant, least(d.key, x.key), greatest(d.key, x.key)"
 	" ON CONFLICT DO NOTHING RETURNING 1),"
 	" done AS ("
 	" UPDATE agentretry.operations o SET reconcile_at ="
