@@ -80,8 +80,9 @@ PG_FUNCTION_INFO_V1(agentretry_release);
  *
  * Gives the lease back before acting.  An execution lease's attempt does
  * not count and the operation is due again at once (a step of a run being
- * compensated is cancelled instead); a verification lease leaves the
- * operation awaiting verification.
+ * compensated is cancelled instead; an operation whose side effect was
+ * observed meanwhile succeeds, see apply_evidence()); a verification lease
+ * leaves the operation awaiting verification.
  */
 Datum
 agentretry_release(PG_FUNCTION_ARGS)
@@ -100,6 +101,11 @@ agentretry_release(PG_FUNCTION_ARGS)
 	if (op.state == OP_IN_PROGRESS && op.compensating && op.compensation_of == NULL)
 	{
 		saga_cancel_step(&op, now);
+	}
+	else if (op.state == OP_IN_PROGRESS && op.observed_receipt != NULL)
+	{
+		/* evidence says it happened (an earlier attempt?): not due again */
+		apply_evidence(&op, "released", now);
 	}
 	else if (op.state == OP_IN_PROGRESS)
 	{

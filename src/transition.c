@@ -582,58 +582,67 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 
 /*
  * Evidence that op's side effect happened arrived (observe()) while op was
- * leased, and now its holder reports a failure, or its lease expired: the
- * side effect did happen.  So op succeeds with the observed receipt and is
- * never retried (d->action succeeded), and what its holder believed is
- * recorded as an outcome_corrected anomaly.  The caller stores op.
+ * leased, and now its holder reports a failure, gives the lease back, or
+ * the lease expired: the side effect did happen.  So op succeeds with the
+ * observed receipt and is never retried, and what its holder believed
+ * (believed: "failed", "released") is recorded as an outcome_corrected
+ * anomaly.  The caller stores op.
  */
-static void
-apply_pending_evidence(Operation *op, FailureClass failure,
-					   FailurePhase phase, const char *code,
-					   const char *message, TimestampTz now, Decision *d)
+void
+apply_evidence(Operation *op, const char *believed, TimestampTz now)
 {
 	EventData	ev;
 	AnomalyData an;
 	StringInfoData detail;
 
-	op->failure_class = failure;
-	op->failure_phase = phase == PHASE_UNKNOWN ? -1 : (int) phase;
-	op->failure_code = (char *) code;
-	op->failure_message = (char *) message;
 	op->receipt = op->observed_receipt;
 	op->observed_receipt = NULL;
 	operation_set_terminal(op, OP_SUCCEEDED, "observed");
 	op->reconcile_at = now;		/* its receipt: check for duplicates */
 
-	d->action = ACT_SUCCEEDED;
-	d->retry_at = TS_NONE;
-	d->delay = USEC_NONE;
-	d->attempt = op->attempts;
-	d->reason = "observed";
-
 	anomaly_init(&an, "outcome_corrected", op, now);
 	an.receipt = op->receipt;
 	an.attempt = op->attempts;
 	detail_begin(&detail);
-	detail_text(&detail, "believed", "failed");
-	detail_text(&detail, "failure_class", failure_class_labels[failure]);
-	detail_text(&detail, "code", code);
+	detail_text(&detail, "believed", believed);
+	if (op->failure_class >= 0)
+		detail_text(&detail, "failure_class", failure_class_labels[op->failure_class]);
+	detail_text(&detail, "code", op->failure_code);
 	an.detail = detail_end(&detail);
 	record_anomaly(&an);
 
 	memset(&ev, 0, sizeof(ev));
 	ev.kind = "corrected";
 	ev.op = op;
-	ev.failure_class = failure;
+	ev.failure_class = op->failure_class;
 	ev.failure_phase = op->failure_phase;
-	ev.code = code;
-	ev.message = message;
+	ev.code = op->failure_code;
+	ev.message = op->failure_message;
 	ev.reason = "observed";
 	ev.delay = USEC_NONE;
 	ev.receipt = op->receipt;
 	ev.at = now;
 	record_event(&ev);
 	stats_count_success(op, now);
+}
+
+/* a failure reported after evidence (see apply_evidence): d says succeeded */
+static void
+apply_pending_evidence(Operation *op, FailureClass failure,
+					   FailurePhase phase, const char *code,
+					   const char *message, TimestampTz now, Decision *d)
+{
+	op->failure_class = failure;
+	op->failure_phase = phase == PHASE_UNKNOWN ? -1 : (int) phase;
+	op->failure_code = (char *) code;
+	op->failure_message = (char *) message;
+	apply_evidence(op, "failed", now);
+
+	d->action = ACT_SUCCEEDED;
+	d->retry_at = TS_NONE;
+	d->delay = USEC_NONE;
+	d->attempt = op->attempts;
+	d->reason = "observed";
 }
 
 void

@@ -53,6 +53,8 @@ extern void apply_failure(Operation *op, FailureClass failure,
 						  const char *message, int64 retry_after,
 						  int64 elapsed, TimestampTz now, Decision *d);
 extern void expire_lease(Operation *op, TimestampTz now, Decision *d);
+extern void apply_evidence(Operation *op, const char *believed,
+						   TimestampTz now);
 extern void dead_letter(Operation *op, const char *reason, TimestampTz now);
 extern bool retry_too_late(const Operation *op, TimestampTz now);
 
