@@ -98,14 +98,18 @@ agentretry_release(PG_FUNCTION_ARGS)
 	now = load_held_lease(tenant, key, lease_token, &op);
 	op.lease_expires_at = TS_NONE;
 	learn_run_state(&op);
-	if (op.state == OP_IN_PROGRESS && op.compensating && op.compensation_of == NULL)
+	if (op.state == OP_IN_PROGRESS && op.observed_receipt != NULL)
+	{
+		/*
+		 * Evidence says it happened (an earlier attempt?): it is not due
+		 * again; in a run being compensated it is undone like any late
+		 * success.
+		 */
+		apply_evidence(&op, "released", now);
+	}
+	else if (op.state == OP_IN_PROGRESS && op.compensating && op.compensation_of == NULL)
 	{
 		saga_cancel_step(&op, now);
-	}
-	else if (op.state == OP_IN_PROGRESS && op.observed_receipt != NULL)
-	{
-		/* evidence says it happened (an earlier attempt?): not due again */
-		apply_evidence(&op, "released", now);
 	}
 	else if (op.state == OP_IN_PROGRESS)
 	{
