@@ -42,20 +42,32 @@ evidence_differs(const Operation *op, const char *receipt)
  * attempt named another: the side effect happened twice.
  */
 static void
-record_duplicate(const Operation *op, const char *observed, TimestampTz now)
+record_duplicate(const Operation *op, const char *other, const char *found_by,
+				 TimestampTz now)
 {
 	AnomalyData an;
 	StringInfoData detail;
 
 	anomaly_init(&an, "duplicate_side_effect", op, now);
-	an.receipt = observed;
+	an.receipt = other;
 	an.attempt = op->attempts;
 	detail_begin(&detail);
 	detail_text(&detail, "stored_receipt", op->receipt);
-	detail_text(&detail, "observed_receipt", observed);
-	detail_text(&detail, "found_by", "complete");
+	detail_text(&detail, "observed_receipt", other);
+	detail_text(&detail, "found_by", found_by);
 	an.detail = detail_end(&detail);
 	record_anomaly(&an);
+}
+
+/*
+ * The operation succeeded by evidence (observe()) while the caller held
+ * its verification lease: the caller's token is still the newest.
+ */
+static bool
+resolved_by_evidence(const Operation *op)
+{
+	return op->state == OP_SUCCEEDED && op->reason != NULL &&
+		strcmp(op->reason, "observed") == 0;
 }
 
 /*
@@ -92,7 +104,7 @@ complete_refused(Operation *done, int64 lease_token, Jsonb *result,
 								now))
 			elog(ERROR, "agentretry: operation \"%s\" changed while locked", key);
 		if (observed != NULL)
-			record_duplicate(&op, observed, now);
+			record_duplicate(&op, observed, "complete", now);
 		if (ar_trace_all)
 			record_simple_event("complete", &op, NULL, now);
 		stats_count_success(&op, now);
@@ -255,7 +267,10 @@ PG_FUNCTION_INFO_V1(agentretry_resolve);
  * Ends a verification.  executed = true stores the result and receipt and
  * the operation succeeds; false makes it due for retry (or dead when no retry
  * is allowed).  Returns the new state.  Raises AR002 unless lease_token is
- * the newest, then AR004 unless the operation awaits verification.
+ * the newest, then AR004 unless the operation awaits verification; except
+ * that when observe() resolved it during this verification, executed =
+ * true agrees and returns succeeded (another receipt than the observed one
+ * is recorded as a duplicate_side_effect).
  */
 Datum
 agentretry_resolve(PG_FUNCTION_ARGS)
@@ -285,6 +300,17 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	now = GetCurrentTimestamp();	/* after any wait for the row lock */
 	/* a superseded verifier is told so, whatever state the key went on to */
 	check_token(&op, lease_token);
+	if (executed && resolved_by_evidence(&op))
+	{
+		/*
+		 * observe() resolved it during this verification: the verifier
+		 * agrees that it happened; another receipt is a second side effect.
+		 */
+		if (receipt != NULL && op.receipt != NULL && strcmp(receipt, op.receipt) != 0)
+			record_duplicate(&op, receipt, "resolve", now);
+		ar_spi_end(&spi);
+		PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_SUCCEEDED]));
+	}
 	if (op.state != OP_VERIFY)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_INVALID_STATE),
