@@ -15,18 +15,49 @@ AR_PACKAGES=(
 	libtap-parser-sourcehandler-pgtap-perl
 )
 
-ar_install_packages() {
-	local missing=()
+# Packages that come with a service of their own, of which only the program
+# is used: test/t/005_exporter.pl starts /usr/bin/prometheus-postgres-exporter
+# itself, on a port of its own.  They are installed with service starts
+# denied (policy-rc.d) and their unit disabled, so that no exporter of the
+# package's runs on a developer's machine.
+AR_SERVICE_PACKAGES=(
+	prometheus-postgres-exporter
+)
+
+ar_missing_packages() {
 	local p
-	for p in "${AR_PACKAGES[@]}"; do
-		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+	for p in "$@"; do
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || echo "$p"
 	done
-	[ ${#missing[@]} -eq 0 ] && return 0
+}
+
+ar_install_packages() {
+	local missing=() services=()
+	mapfile -t missing < <(ar_missing_packages "${AR_PACKAGES[@]}")
+	mapfile -t services < <(ar_missing_packages "${AR_SERVICE_PACKAGES[@]}")
+	[ ${#missing[@]} -eq 0 ] && [ ${#services[@]} -eq 0 ] && return 0
 	local sudo=""
 	[ "$(id -u)" = 0 ] || sudo="sudo"
-	echo "installing: ${missing[*]}"
+	echo "installing: ${missing[*]}${missing[*]:+ }${services[*]}"
 	$sudo apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	if [ ${#missing[@]} -gt 0 ]; then
+		DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+	fi
+	[ ${#services[@]} -eq 0 ] && return 0
+	# invoke-rc.d and deb-systemd-invoke start nothing while policy-rc.d
+	# exits 101; one that is already there is left as it is
+	local policy=/usr/sbin/policy-rc.d own_policy="" rc=0 s
+	if [ ! -e "$policy" ]; then
+		printf '#!/bin/sh\nexit 101\n' | $sudo tee "$policy" >/dev/null && $sudo chmod 755 "$policy" && own_policy=1
+	fi
+	DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${services[@]}" >/dev/null || rc=$?
+	[ -n "$own_policy" ] && $sudo rm -f "$policy"
+	if command -v systemctl >/dev/null; then
+		for s in "${services[@]}"; do
+			$sudo systemctl disable --quiet "$s.service" >/dev/null 2>&1 || true
+		done
+	fi
+	return $rc
 }
 
 ar_build_install() {
