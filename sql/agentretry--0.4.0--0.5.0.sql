@@ -75,6 +75,16 @@ COMMENT ON COLUMN agentretry.events.receipt IS 'the receipt completed or observe
 COMMENT ON COLUMN agentretry.events.source IS 'for an observation: where the evidence came from';
 COMMENT ON COLUMN agentretry.events.detail IS 'for an observation: the evidence as reported';
 
+-- 0.4.0 compared the state as text (the label was new in its transaction),
+-- which no index can serve: now it reads operations_attention.
+CREATE OR REPLACE VIEW agentretry.approval_queue AS
+SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
+	   coalesce(o.state_since, o.created_at) AS since,
+	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
+	   o.run_id, o.step
+FROM agentretry.operations o
+WHERE o.state = 'awaiting_approval';
+
 -- ---------------------------------------------------------------------------
 -- anomalies
 --

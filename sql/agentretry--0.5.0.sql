@@ -1338,12 +1338,15 @@ WHERE o.state = 'verify';
 COMMENT ON VIEW agentretry.verify_queue IS
 	'operations whose last attempt may or may not have happened: check the target system, then resolve(), requeue() or cancel()';
 
--- run_status and approval_queue compare states as text (s.state::text =
--- 'awaiting_approval', ...), not as operation_state values: the update to
--- 0.4.0 creates them in the transaction that adds the label
--- awaiting_approval, which cannot be named there as an enum value yet
--- ("unsafe use of new value").  This script defines them exactly as the
--- update does, so that an install and an upgrade have the same views.
+-- run_status compares states as text (s.state::text = 'awaiting_approval',
+-- ...), not as operation_state values: the update to 0.4.0 creates it in
+-- the transaction that adds the label awaiting_approval, which cannot be
+-- named there as an enum value yet ("unsafe use of new value").  This
+-- script defines it exactly as the update does, so that an install and an
+-- upgrade have the same views.  (It reads one run's operations through
+-- operations_run.)  approval_queue, which 0.4.0 defined the same way, is
+-- redefined by 0.5.0 with the enum value, so that it reads the partial
+-- index operations_attention instead of the whole table.
 CREATE VIEW agentretry.run_status AS
 SELECT r.tenant, r.run_id, r.state, r.workflow_version, r.correlation_id,
 	   r.started_at, r.updated_at, r.finished_at,
@@ -1390,7 +1393,7 @@ SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
 	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
 	   o.run_id, o.step
 FROM agentretry.operations o
-WHERE o.state::text = 'awaiting_approval';
+WHERE o.state = 'awaiting_approval';
 COMMENT ON VIEW agentretry.approval_queue IS
 	'operations waiting for a person''s approve() or reject(): what, asked by whom, since when, with its arguments';
 
