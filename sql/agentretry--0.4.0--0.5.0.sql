@@ -55,9 +55,13 @@ CREATE INDEX operations_reconcile ON agentretry.operations (reconcile_at)
 COMMENT ON INDEX agentretry.operations_reconcile IS 'operations reconcile() must look at, by when';
 
 -- verifications by age (claim_verifications), and the states that wait for
--- a person, so that their counts never read the whole table
+-- a person (dead, awaiting_approval), so that their counts never read the
+-- whole table.  The predicate names the states left out, all of 0.1.0:
+-- an update from 0.3.0 or older runs in the transaction that adds the label
+-- awaiting_approval, which cannot be named there.  A query for any one of
+-- the three states is proved to match it.
 CREATE INDEX operations_attention ON agentretry.operations (tenant, state, state_since)
-	WHERE state IN ('verify', 'dead', 'awaiting_approval');
+	WHERE state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled');
 COMMENT ON INDEX agentretry.operations_attention IS
 	'operations awaiting verification, dead-lettered or awaiting approval, by tenant and age';
 
@@ -75,15 +79,19 @@ COMMENT ON COLUMN agentretry.events.receipt IS 'the receipt completed or observe
 COMMENT ON COLUMN agentretry.events.source IS 'for an observation: where the evidence came from';
 COMMENT ON COLUMN agentretry.events.detail IS 'for an observation: the evidence as reported';
 
--- 0.4.0 compared the state as text (the label was new in its transaction),
--- which no index can serve: now it reads operations_attention.
+-- 0.4.0 compared the state as text alone (the label was new in its
+-- transaction), which no index can serve.  The label still cannot be named
+-- here (an update from 0.3.0 or older adds it in this transaction); the
+-- states of 0.1.0 it leaves out can, and they let it read
+-- operations_attention.
 CREATE OR REPLACE VIEW agentretry.approval_queue AS
 SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
 	   coalesce(o.state_since, o.created_at) AS since,
 	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
 	   o.run_id, o.step
 FROM agentretry.operations o
-WHERE o.state = 'awaiting_approval';
+WHERE o.state NOT IN ('in_progress', 'retry_wait', 'verify', 'succeeded', 'dead', 'cancelled')
+  AND o.state::text = 'awaiting_approval';
 
 -- ---------------------------------------------------------------------------
 -- anomalies

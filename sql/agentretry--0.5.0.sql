@@ -401,9 +401,13 @@ CREATE INDEX operations_reconcile ON agentretry.operations (reconcile_at)
 COMMENT ON INDEX agentretry.operations_reconcile IS 'operations reconcile() must look at, by when';
 
 -- verifications by age (claim_verifications), and the states that wait for
--- a person, so that their counts never read the whole table
+-- a person (dead, awaiting_approval), so that their counts never read the
+-- whole table.  The predicate names the states left out, all of 0.1.0:
+-- an update from 0.3.0 or older runs in the transaction that adds the label
+-- awaiting_approval, which cannot be named there.  A query for any one of
+-- the three states is proved to match it.
 CREATE INDEX operations_attention ON agentretry.operations (tenant, state, state_since)
-	WHERE state IN ('verify', 'dead', 'awaiting_approval');
+	WHERE state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled');
 COMMENT ON INDEX agentretry.operations_attention IS
 	'operations awaiting verification, dead-lettered or awaiting approval, by tenant and age';
 
@@ -1345,8 +1349,9 @@ COMMENT ON VIEW agentretry.verify_queue IS
 -- script defines it exactly as the update does, so that an install and an
 -- upgrade have the same views.  (It reads one run's operations through
 -- operations_run.)  approval_queue, which 0.4.0 defined the same way, is
--- redefined by 0.5.0 with the enum value, so that it reads the partial
--- index operations_attention instead of the whole table.
+-- redefined by 0.5.0 to leave out the states of 0.1.0 as well, which can
+-- be named and let it read the partial index operations_attention instead
+-- of the whole table.
 CREATE VIEW agentretry.run_status AS
 SELECT r.tenant, r.run_id, r.state, r.workflow_version, r.correlation_id,
 	   r.started_at, r.updated_at, r.finished_at,
@@ -1393,7 +1398,8 @@ SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
 	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
 	   o.run_id, o.step
 FROM agentretry.operations o
-WHERE o.state = 'awaiting_approval';
+WHERE o.state NOT IN ('in_progress', 'retry_wait', 'verify', 'succeeded', 'dead', 'cancelled')
+  AND o.state::text = 'awaiting_approval';
 COMMENT ON VIEW agentretry.approval_queue IS
 	'operations waiting for a person''s approve() or reject(): what, asked by whom, since when, with its arguments';
 
