@@ -59,9 +59,12 @@ record_event(const EventData *ev)
 	param_text(values, nulls, 4, op->tool);
 	param_text(values, nulls, 5, op->run_id);
 	param_text(values, nulls, 6, op->step);
-	/* an event of a run itself (no key) has no attempt */
+	/*
+	 * an event of a run itself (no key), or of no operation (evidence for
+	 * an unknown key, an anomaly acknowledged), has no attempt and no token
+	 */
 	values[7] = Int32GetDatum(op->attempts);
-	nulls[7] = op->key ? ' ' : 'n';
+	nulls[7] = op->key && (op->attempts > 0 || op->lease_token > 0) ? ' ' : 'n';
 	param_label(values, nulls, 8, failure_class_labels, ev->failure_class);
 	param_label(values, nulls, 9, failure_phase_labels, ev->failure_phase);
 	param_text(values, nulls, 10, ev->code);
@@ -69,7 +72,7 @@ record_event(const EventData *ev)
 	param_text(values, nulls, 12, ev->reason);
 	param_usec(values, nulls, 13, ev->delay);
 	values[14] = Int64GetDatum(op->lease_token);
-	nulls[14] = op->key ? ' ' : 'n';
+	nulls[14] = op->key && op->lease_token > 0 ? ' ' : 'n';
 	param_text(values, nulls, 15, op->lease_owner);
 	param_text(values, nulls, 16, ev->actor);
 	param_text(values, nulls, 17, ev->receipt);

@@ -9,11 +9,13 @@
  * evidence and the lease holder's report are ordered whichever comes
  * first:
  *
- *	resolved	the operation awaited verification: it succeeds;
+ *	resolved	the operation awaited verification: it succeeds (reason
+ *				observed);
  *	confirmed	it had succeeded with this receipt, or with none (stored);
  *	corrected	it was believed not done (waiting for a retry, dead,
- *				cancelled, awaiting approval): it succeeds and is never
- *				retried; an outcome_corrected anomaly is recorded;
+ *				cancelled, awaiting approval): it succeeds (reason
+ *				corrected) and is never retried; an outcome_corrected
+ *				anomaly is recorded;
  *	anomaly		it had succeeded with another receipt, or another receipt
  *				was already observed for its attempt: a duplicate side
  *				effect, recorded as duplicate_side_effect;
@@ -71,13 +73,17 @@ evidence_anomaly(const char *kind, const Operation *op, const Evidence *ev,
 	record_anomaly(&an);
 }
 
-/* the side effect happened: op succeeds with the evidence's receipt */
+/*
+ * The side effect happened: op succeeds with the evidence's receipt, with
+ * reason observed (a verification the evidence resolved: the verifier's
+ * resolve() may still agree) or corrected (believed not done).
+ */
 static void
-succeed_by_evidence(Operation *op, const Evidence *ev)
+succeed_by_evidence(Operation *op, const Evidence *ev, const char *reason)
 {
 	op->receipt = (char *) ev->receipt;
 	op->observed_receipt = NULL;
-	operation_set_terminal(op, OP_SUCCEEDED, "observed");
+	operation_set_terminal(op, OP_SUCCEEDED, reason);
 	op->reconcile_at = ev->now;	/* a receipt: check for duplicates */
 	transition_store(op, ev->now);
 	stats_count_success(op, ev->now);
@@ -89,7 +95,7 @@ observe_operation(Operation *op, const Evidence *ev)
 	switch (op->state)
 	{
 		case OP_VERIFY:
-			succeed_by_evidence(op, ev);
+			succeed_by_evidence(op, ev, "observed");
 			return "resolved";
 		case OP_RETRY_WAIT:
 		case OP_DEAD:
@@ -97,7 +103,7 @@ observe_operation(Operation *op, const Evidence *ev)
 		case OP_AWAITING_APPROVAL:
 			evidence_anomaly("outcome_corrected", op, ev,
 							 op_state_labels[op->state], op->reason, "reason");
-			succeed_by_evidence(op, ev);
+			succeed_by_evidence(op, ev, "corrected");
 			return "corrected";
 		case OP_SUCCEEDED:
 			if (op->receipt == NULL)

@@ -60,8 +60,9 @@ record_duplicate(const Operation *op, const char *other, const char *found_by,
 }
 
 /*
- * The operation succeeded by evidence (observe()) while the caller held
- * its verification lease: the caller's token is still the newest.
+ * The operation awaited verification and observe() resolved it (reason
+ * observed; a correction has reason corrected): the caller's token, still
+ * the newest, is the verification's.
  */
 static bool
 resolved_by_evidence(const Operation *op)

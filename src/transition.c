@@ -597,7 +597,7 @@ apply_evidence(Operation *op, const char *believed, TimestampTz now)
 
 	op->receipt = op->observed_receipt;
 	op->observed_receipt = NULL;
-	operation_set_terminal(op, OP_SUCCEEDED, "observed");
+	operation_set_terminal(op, OP_SUCCEEDED, "corrected");
 	op->reconcile_at = now;		/* its receipt: check for duplicates */
 
 	anomaly_init(&an, "outcome_corrected", op, now);
@@ -618,7 +618,7 @@ apply_evidence(Operation *op, const char *believed, TimestampTz now)
 	ev.failure_phase = op->failure_phase;
 	ev.code = op->failure_code;
 	ev.message = op->failure_message;
-	ev.reason = "observed";
+	ev.reason = "corrected";
 	ev.delay = USEC_NONE;
 	ev.receipt = op->receipt;
 	ev.at = now;
