@@ -2,9 +2,9 @@
 -- upgrade: ALTER EXTENSION agentretry UPDATE keeps the rows written under
 -- an older version working, and builds exactly what a fresh
 -- CREATE EXTENSION builds, which runs the complete script of the version
--- (agentretry--0.4.0.sql) instead of 0.1.0 and the update scripts.  Two
--- upgrades: from 0.1.0 through every update, and from 0.3.0 with rows
--- as 0.3.0 left them.
+-- (agentretry--0.5.0.sql) instead of 0.1.0 and the update scripts.  Three
+-- upgrades: from 0.1.0 through every update, from 0.3.0 with rows as
+-- 0.3.0 left them, and from 0.4.0 with rows as 0.4.0 left them.
 --
 -- Each install gets a database of its own; drop leftovers of an
 -- interrupted run first.
@@ -12,6 +12,7 @@ SET client_min_messages = warning;
 DROP DATABASE IF EXISTS ar_fresh;
 DROP DATABASE IF EXISTS ar_upgrade;
 DROP DATABASE IF EXISTS ar_v030;
+DROP DATABASE IF EXISTS ar_v040;
 RESET client_min_messages;
 CREATE DATABASE ar_upgrade;
 \c ar_upgrade
@@ -160,12 +161,13 @@ LANGUAGE sql AS $$
 $$;
 
 --
--- a fresh install (ar_fresh and ar_v030 are copies of this database as it
--- is now)
+-- a fresh install (ar_fresh, ar_v030 and ar_v040 are copies of this
+-- database as it is now)
 --
 \c contrib_regression
 CREATE DATABASE ar_fresh TEMPLATE ar_upgrade;
 CREATE DATABASE ar_v030 TEMPLATE ar_upgrade;
+CREATE DATABASE ar_v040 TEMPLATE ar_upgrade;
 \c ar_fresh
 CREATE EXTENSION agentretry;
 SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
@@ -191,10 +193,10 @@ CREATE EXTENSION agentretry VERSION '0.1.0';
 SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
 CREATE TABLE v010_objects AS SELECT * FROM ar_objects();
 
--- The 0.2.0 library does not serve claim() or fail() under the 0.1.0
--- schema (the upgrade must come first), so the rows are inserted as the
--- 0.1.0 functions left them: a retry due a minute ago, a success, and an
--- operation dead after its attempts.
+-- The library, of the newest version, does not serve claim() or fail()
+-- under the 0.1.0 schema (the upgrade must come first), so the rows are
+-- inserted as the 0.1.0 functions left them: a retry due a minute ago, a
+-- success, and an operation dead after its attempts.
 SELECT name, idempotency, side_effect
 FROM agentretry.register_tool('up_idem', 'idempotent', 'read', max_attempts => 2,
 	base_delay => '1 second', max_delay => '1 second', jitter => 'none');
@@ -228,6 +230,9 @@ CREATE TABLE v010_rows AS SELECT * FROM agentretry.operations;
 --
 -- the update
 --
+-- One ALTER EXTENSION runs the four update scripts in one transaction:
+-- an update script must not use an enum label that an earlier update
+-- added (ALTER TYPE ... ADD VALUE), as it is not committed yet.
 ALTER EXTENSION agentretry UPDATE;
 SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
 -- pg_dump dumps the rows of the same relations as in a fresh install:
@@ -238,16 +243,20 @@ SELECT count(*) AS config_relations, bool_and(present) AS all_present,
 		= :'fresh_config' AS as_installed
 FROM ar_config();
 
--- what the updates added (0.2.0, 0.3.0 and 0.4.0; not listing the columns
--- of new relations)
+-- what the updates added (0.2.0, 0.3.0, 0.4.0 and 0.5.0; not listing the
+-- columns of new relations; the parent of an attribute of a composite
+-- type is named "composite type ...", the type's member "type ...")
 SELECT a.object FROM ar_objects() a
 WHERE a.object NOT IN (SELECT v.object FROM v010_objects v)
-	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v010_objects v))
+	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v010_objects v)
+		 OR a.parent IN (SELECT 'composite ' || v.object FROM v010_objects v))
 ORDER BY 1;
 -- what they removed: register_tool of 0.1.0, which 0.4.0 replaced by one
--- with a new last parameter, requires_approval
+-- with a new last parameter, requires_approval, and complete and resolve,
+-- which 0.5.0 replaced by ones with a new last parameter, receipt
 SELECT object FROM v010_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
--- what they changed: two enums got a label (0.4.0)
+-- what they changed: three enums got a label, operation_state and outcome
+-- (0.4.0) and decision_action (0.5.0)
 SELECT v.object FROM v010_objects v JOIN ar_objects() a USING (object)
 WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
 -- the same objects, defined the same way, as the fresh install by the
@@ -271,9 +280,10 @@ SELECT * FROM install_vs_upgrade ORDER BY 1;
 -- and added again, it comes last), a default, a constraint's name, a
 -- disabled trigger, a sequence option, an enum label, one byte of a
 -- function's body, a view that names an enum value where the update
--- compares text, a comment, an explicit ACL that grants nothing more
--- (a REVOKE of nothing), a column privilege, the schema's default
--- privileges, a table that pg_extension_config_dump did not mark.
+-- compares text, a comment, a unique index whose NULLs are distinct (so
+-- one anomaly could be recorded twice), an explicit ACL that grants
+-- nothing more (a REVOKE of nothing), a column privilege, the schema's
+-- default privileges, a table that pg_extension_config_dump did not mark.
 BEGIN;
 ALTER TABLE agentretry.budget_ledger DROP COLUMN retry_at;
 ALTER TABLE agentretry.budget_ledger ADD COLUMN retry_at timestamptz;
@@ -288,14 +298,19 @@ BEGIN
 					'RETURN FOUND;', 'RETURN FOUND; ');
 END
 $$;
-CREATE OR REPLACE VIEW agentretry.approval_queue AS
-SELECT o.tenant, o.key, o.tool, o.args, o.lease_owner AS requested_by,
-	   coalesce(o.state_since, o.created_at) AS since,
-	   pg_catalog.clock_timestamp() - coalesce(o.state_since, o.created_at) AS waiting,
-	   o.run_id, o.step
-FROM agentretry.operations o
-WHERE o.state = 'awaiting_approval';
+DO $$
+BEGIN
+	EXECUTE 'CREATE OR REPLACE VIEW agentretry.run_status AS '
+		|| replace(pg_get_viewdef('agentretry.run_status'::regclass),
+				   '(s.state)::text = ''awaiting_approval''::text',
+				   's.state = ''awaiting_approval''::agentretry.operation_state');
+END
+$$;
 COMMENT ON INDEX agentretry.events_at IS 'events by time';
+DROP INDEX agentretry.anomalies_once;
+CREATE UNIQUE INDEX anomalies_once ON agentretry.anomalies
+	(tenant, kind, key, other_key, run_id, receipt, attempt);
+COMMENT ON INDEX agentretry.anomalies_once IS 'one anomaly per kind and subject, however often it is found';
 REVOKE ALL ON SEQUENCE agentretry.budget_ledger_id_seq FROM PUBLIC;
 GRANT SELECT (key) ON agentretry.operations TO agentretry_agent;
 ALTER DEFAULT PRIVILEGES IN SCHEMA agentretry GRANT SELECT ON TABLES TO agentretry_operator;
@@ -357,7 +372,10 @@ SELECT key, state, attempts, lease_token, result FROM agentretry.operations ORDE
 -- and the rest of 0.2.0 works in the upgraded database (budgets: test/pgtap/budgets.sql)
 SELECT tenant, tool, max_attempts FROM agentretry.set_tenant_policy('acme', 'up_idem', max_attempts => 5);
 SELECT field, value, source FROM agentretry.effective_policy('acme', 'up_idem') WHERE source <> 'default';
+-- the sweep reconciles: the two operations that succeeded after a retry
+-- since the update are anomalies to audit (0.5.0)
 SELECT * FROM agentretry.sweep();
+SELECT kind, key, tool, receipt, attempt, detail FROM agentretry.anomalies ORDER BY id;
 SELECT kind, key, reason FROM agentretry.events ORDER BY id;
 
 --
@@ -375,10 +393,10 @@ SELECT * FROM ar_config() WHERE relation = 'agentretry.run_retries';
 SELECT 'agentretry.run_retries'::regclass::oid AS run_retries_oid \gset
 CREATE TABLE v030_objects AS SELECT * FROM ar_objects();
 
--- The 0.4.0 library does not serve claim() or fail() under the 0.3.0
--- schema (the update must come first), so the rows are inserted as the
--- 0.3.0 functions left them (the PL/pgSQL functions register_tool and
--- set_budget still run):
+-- The library, of the newest version, does not serve claim() or fail()
+-- under the 0.3.0 schema (the update must come first), so the rows are
+-- inserted as the 0.3.0 functions left them (the PL/pgSQL functions
+-- register_tool and set_budget still run):
 --   run-a: v3-done succeeded; v3-retry failed twice (transient), due again
 --     a while ago; each failure was a retry event of run-a, counted in
 --     run_retries and debited from the run and the budget of v3_idem
@@ -496,11 +514,12 @@ SELECT count(*) AS config_relations, bool_and(present) AS all_present,
 		= :'fresh_config' AS as_installed
 FROM ar_config();
 
--- what the update to 0.4.0 added (not listing the columns of new
--- relations), removed and changed
+-- what the updates to 0.4.0 and 0.5.0 added (not listing the columns of
+-- new relations), removed and changed
 SELECT a.object FROM ar_objects() a
 WHERE a.object NOT IN (SELECT v.object FROM v030_objects v)
-	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v030_objects v))
+	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v030_objects v)
+		 OR a.parent IN (SELECT 'composite ' || v.object FROM v030_objects v))
 ORDER BY 1;
 SELECT object FROM v030_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
 SELECT v.object FROM v030_objects v JOIN ar_objects() a USING (object)
@@ -610,11 +629,285 @@ SELECT run_id, steps, in_progress, retry_wait, verify, awaiting_approval, succee
 	retry_events_used
 FROM agentretry.run_status ORDER BY run_id;
 -- the sweep purges run-gone: idle for 8 days, more than
--- agentretry.default_ttl, and none of its operations is left
-SELECT operations_purged, runs_purged FROM agentretry.sweep();
+-- agentretry.default_ttl, and none of its operations is left; and it
+-- finds no anomaly: no operation succeeded after a retry or with a receipt
+SELECT operations_purged, runs_purged, anomalies_found FROM agentretry.sweep();
 SELECT run_id FROM agentretry.runs ORDER BY run_id;
+
+--
+-- 0.4.0, with rows as 0.4.0 left them
+--
+-- CREATE EXTENSION ... VERSION '0.4.0' runs 0.1.0 and the updates to
+-- 0.4.0: the complete script is of 0.5.0 now (an agentretry--0.4.0.sql
+-- that an older installation left in place would run instead).
+\c ar_v040
+CREATE EXTENSION agentretry VERSION '0.4.0';
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+SELECT (pg_stat_file(s.setting || '/extension/agentretry--0.4.0.sql', true)).size IS NULL
+	AS no_complete_script
+FROM pg_config s WHERE s.name = 'SHAREDIR';
+CREATE TABLE v040_objects AS SELECT * FROM ar_objects();
+
+-- The library, of the newest version, reads and writes the columns 0.5.0
+-- added, so under the 0.4.0 schema a call that touches operations fails,
+-- with an error and no change (the update must come first); start_run()
+-- and checkpoint() touch only runs and their context, and work.  The
+-- rest is inserted as the 0.4.0 functions left it:
+--   run-live (workflow wf-1, correlation corr-1, one checkpoint):
+--     v4-leased leased until 4 minutes from now; v4-retry failed once
+--     (transient), due again a while ago, a retry event of run-live
+--   run-done, finished as failed 5 minutes ago with its step v4-verify
+--     awaiting verification for half an hour (0.4.0 left open steps as
+--     they were), which verifier-0 leased a minute ago; v4-done
+--     succeeded, without a receipt
+--   no run: v4-check awaiting verification too
+SELECT name, idempotency, side_effect
+FROM agentretry.register_tool('v4_idem', 'idempotent', 'write', max_attempts => 5,
+	base_delay => '0', max_delay => '0', jitter => 'none');
+SELECT name, idempotency, side_effect FROM agentretry.register_tool('v4_write', 'non_idempotent', 'write');
+SELECT agentretry.start_run('run-live', workflow_version => 'wf-1', correlation_id => 'corr-1');
+SELECT agentretry.start_run('run-done', workflow_version => 'wf-1');
+SELECT agentretry.checkpoint('run-live', 'plan', '{"items": 2}');
+SELECT * FROM agentretry.claim('v4-new', '{"n": 9}', 'v4_idem', run_id => 'run-live');
+SELECT count(*) AS operations FROM agentretry.operations;
+INSERT INTO agentretry.operations (tenant, key, op_hash, args, tool, state, attempts,
+	lease_token, lease_owner, lease_expires_at, next_attempt_at, first_attempt_at,
+	last_attempt_at, last_failure_class, last_failure_phase, last_failure_code,
+	last_failure_message, last_delay, reason, result, run_id, step, created_at,
+	updated_at, completed_at, expires_at, state_since)
+SELECT 'default', key, agentretry.op_hash(args), args, tool, state::agentretry.operation_state,
+	1, lease_token, lease_owner, clock_timestamp() + lease_expires,
+	clock_timestamp() - next_attempt, clock_timestamp() - first_attempt,
+	clock_timestamp() - first_attempt, failure_class::agentretry.failure_class,
+	failure_phase::agentretry.failure_phase, failure_code, failure_message, last_delay,
+	reason, result, run_id, step, clock_timestamp() - first_attempt,
+	clock_timestamp() - updated, clock_timestamp() - completed,
+	clock_timestamp() - completed + interval '7 days', clock_timestamp() - since
+FROM (VALUES
+	('v4-done', '{"n": 1}'::jsonb, 'v4_idem', 'succeeded', 1, 'w1', NULL::interval,
+	 NULL::interval, interval '40 minutes', NULL, NULL, NULL, NULL, NULL::interval, NULL,
+	 '{"receipt": 1}'::jsonb, 'run-done', 'fetch', interval '39 minutes',
+	 interval '39 minutes', interval '39 minutes'),
+	('v4-verify', '{"n": 2}', 'v4_write', 'verify', 2, 'verifier-0', interval '4 minutes',
+	 NULL, interval '32 minutes', 'ambiguous', 'mid_execution', 'timeout', 'no answer', NULL,
+	 'outcome_unknown', NULL, 'run-done', 'pay', interval '1 minute', NULL,
+	 interval '31 minutes'),
+	('v4-retry', '{"n": 3}', 'v4_idem', 'retry_wait', 1, 'w2', NULL, interval '16 minutes',
+	 interval '18 minutes', 'transient', 'pre_execution', 'http_503', 'unavailable',
+	 interval '0', 'not_executed', NULL, 'run-live', 'store', interval '17 minutes', NULL,
+	 interval '17 minutes'),
+	('v4-leased', '{"n": 4}', 'v4_idem', 'in_progress', 1, 'w3', interval '4 minutes', NULL,
+	 interval '2 minutes', NULL, NULL, NULL, NULL, NULL, NULL, NULL, 'run-live', 'send',
+	 interval '2 minutes', NULL, interval '2 minutes'),
+	('v4-check', '{"n": 5}', 'v4_write', 'verify', 1, 'w4', NULL, NULL,
+	 interval '12 minutes', 'ambiguous', 'mid_execution', 'reset', 'connection reset', NULL,
+	 'outcome_unknown', NULL, NULL, NULL, interval '11 minutes', NULL, interval '11 minutes'))
+	AS o (key, args, tool, state, lease_token, lease_owner, lease_expires, next_attempt,
+		  first_attempt, failure_class, failure_phase, failure_code, failure_message,
+		  last_delay, reason, result, run_id, step, updated, completed, since);
+UPDATE agentretry.runs r SET retry_events = 1, updated_at = o.updated_at
+FROM agentretry.operations o
+WHERE o.key = 'v4-retry' AND r.tenant = o.tenant AND r.run_id = o.run_id;
+UPDATE agentretry.runs SET state = 'failed', finished_at = clock_timestamp() - interval '5 minutes',
+	updated_at = clock_timestamp() - interval '5 minutes'
+WHERE run_id = 'run-done';
+INSERT INTO agentretry.events (tenant, at, kind, key, tool, run_id, workflow_version, step,
+	attempt, failure_class, failure_phase, code, message, reason, delay, lease_token, owner,
+	correlation_id)
+SELECT o.tenant, clock_timestamp() - e.ago, e.kind, o.key, o.tool, o.run_id,
+	r.workflow_version, o.step, o.attempts,
+	CASE WHEN e.failed THEN o.last_failure_class END,
+	CASE WHEN e.failed THEN o.last_failure_phase END,
+	CASE WHEN e.failed THEN o.last_failure_code END,
+	CASE WHEN e.failed THEN o.last_failure_message END,
+	o.reason, CASE WHEN e.failed THEN o.last_delay END, e.lease_token, e.owner,
+	r.correlation_id
+FROM agentretry.operations o
+JOIN (VALUES ('v4-verify', 'verify', interval '31 minutes', 1, 'w1', true),
+			 ('v4-retry', 'retry', interval '17 minutes', 1, 'w2', true),
+			 ('v4-check', 'verify', interval '11 minutes', 1, 'w4', true),
+			 ('v4-verify', 'verifying', interval '1 minute', 2, 'verifier-0', false))
+	AS e (key, kind, ago, lease_token, owner, failed) USING (key)
+LEFT JOIN agentretry.runs r USING (tenant, run_id)
+ORDER BY e.ago DESC;
+INSERT INTO agentretry.events (tenant, at, kind, run_id, workflow_version, reason)
+SELECT tenant, finished_at, 'finish_run', run_id, workflow_version, 'failed'
+FROM agentretry.runs WHERE run_id = 'run-done';
+INSERT INTO agentretry.budget_ledger (tenant, at, scope, subject, key, amount, reason,
+	failure_class)
+SELECT tenant, updated_at, 'run', run_id, key, 1, 'debit', 'transient'
+FROM agentretry.operations WHERE key = 'v4-retry';
+SELECT key, tool, state, attempts, lease_token, lease_owner, run_id, step, reason
+FROM agentretry.operations ORDER BY key;
+SELECT run_id, state, retry_events, context_version, workflow_version, correlation_id,
+	finished_at IS NOT NULL AS finished
+FROM agentretry.runs ORDER BY run_id;
+SELECT kind, key, run_id, attempt, reason, lease_token, owner, workflow_version, correlation_id
+FROM agentretry.events ORDER BY id;
+
+-- a copy of every table, to compare after the update
+CREATE SCHEMA v040;
+DO $$
+DECLARE
+	t name;
+BEGIN
+	FOR t IN SELECT c.relname FROM pg_class c
+			 WHERE c.relnamespace = 'agentretry'::regnamespace AND c.relkind = 'r'
+	LOOP
+		EXECUTE format('CREATE TABLE v040.%I AS SELECT * FROM agentretry.%I', t, t);
+	END LOOP;
+END
+$$;
+-- For one table: its rows, whether they are the copy's in the copy's
+-- columns, the columns the copy lacks, and whether all of those are NULL.
+CREATE FUNCTION v040_kept(rel name, OUT rows bigint, OUT unchanged boolean,
+	OUT new_columns text, OUT new_columns_null boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+	old_columns text;
+	all_null text;
+BEGIN
+	SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO old_columns
+	FROM pg_attribute a
+	WHERE a.attrelid = format('v040.%I', rel)::regclass AND a.attnum > 0;
+	SELECT string_agg(a.attname, ', ' ORDER BY a.attnum),
+		string_agg(format('%I IS NULL', a.attname), ' AND ')
+	INTO new_columns, all_null
+	FROM pg_attribute a
+	WHERE a.attrelid = format('agentretry.%I', rel)::regclass AND a.attnum > 0
+		AND NOT a.attisdropped
+		AND NOT EXISTS (SELECT FROM pg_attribute c
+						WHERE c.attrelid = format('v040.%I', rel)::regclass
+							AND c.attname = a.attname);
+	EXECUTE format($q$
+		SELECT (SELECT count(*) FROM agentretry.%1$I),
+			(SELECT coalesce(string_agg(x::text, E'\n' ORDER BY x::text), '')
+			 FROM (SELECT %2$s FROM agentretry.%1$I) x)
+			= (SELECT coalesce(string_agg(v::text, E'\n' ORDER BY v::text), '')
+			   FROM v040.%1$I v),
+			(SELECT coalesce(bool_and(%3$s), true) FROM agentretry.%1$I)$q$,
+		rel, old_columns, coalesce(all_null, 'true'))
+	INTO rows, unchanged, new_columns_null;
+END
+$$;
+
+--
+-- the update from 0.4.0
+--
+ALTER EXTENSION agentretry UPDATE;
+SELECT extversion FROM pg_extension WHERE extname = 'agentretry';
+SELECT count(*) AS config_relations, bool_and(present) AS all_present,
+	string_agg(format('%s %L %s', relation, condition, present), ', ' ORDER BY relation)
+		= :'fresh_config' AS as_installed
+FROM ar_config();
+
+-- what the update to 0.5.0 added (not listing the columns of new
+-- relations), removed (complete and resolve, replaced by ones with a new
+-- last parameter, receipt) and changed (decision_action got a label;
+-- approval_queue names the states it leaves out, so that it can read
+-- operations_attention)
+SELECT a.object FROM ar_objects() a
+WHERE a.object NOT IN (SELECT v.object FROM v040_objects v)
+	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v040_objects v)
+		 OR a.parent IN (SELECT 'composite ' || v.object FROM v040_objects v))
+ORDER BY 1;
+SELECT object FROM v040_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
+SELECT v.object FROM v040_objects v JOIN ar_objects() a USING (object)
+WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
+-- and the result is the fresh install, object for object
+CREATE TABLE fresh_objects AS
+SELECT split_part(o, E'\t', 1) AS object, split_part(o, E'\t', 2) AS definition
+FROM unnest(string_to_array(:'fresh_objects', E'\n')) o;
+CREATE VIEW install_vs_upgrade AS
+SELECT object, f.definition AS installed, u.definition AS upgraded
+FROM fresh_objects f FULL JOIN ar_objects() u USING (object)
+WHERE f.definition IS DISTINCT FROM u.definition;
+SELECT count(*) AS objects, count(DISTINCT object) AS names,
+	(SELECT count(*) FROM fresh_objects) AS installed,
+	(SELECT count(*) FROM install_vs_upgrade) AS differing
+FROM ar_objects();
+SELECT * FROM install_vs_upgrade ORDER BY 1;
+
+--
+-- the 0.4.0 rows after the update
+--
+-- every row is as it was, in every column 0.4.0 had; the columns 0.5.0
+-- added are NULL in all of them
+SELECT c.relname AS relation, k.*
+FROM pg_class c, v040_kept(c.relname) k
+WHERE c.relnamespace = 'v040'::regnamespace
+ORDER BY 1;
+SELECT count(*) AS anomalies FROM agentretry.anomalies;
+SELECT count(*) AS stats_rows FROM agentretry.stats_counts;
+-- so reconcile() finds nothing to look at: not run-done, finished with a
+-- step open, nor v4-verify, awaiting verification for longer than
+-- agentretry.verify_stale_after; only what happens from now on
+SELECT agentretry.reconcile() AS anomalies_found;
+
+-- the lease taken under 0.4.0 holds: busy for others, and its holder
+-- completes with its token and a receipt
+SELECT outcome, attempt, lease_token
+FROM agentretry.claim('v4-leased', '{"n": 4}', 'v4_idem', run_id => 'run-live', step => 'send');
+SELECT agentretry.complete('v4-leased', 1, '{"receipt": 4}', receipt => 'rcpt-4');
+SELECT key, state, reason, result, receipt, observed_receipt,
+	reconcile_at = completed_at AS reconcile_now
+FROM agentretry.operations WHERE key = 'v4-leased';
+-- a verification worker skips v4-verify, whose verification lease of
+-- 0.4.0 holds, leases v4-check and resolves it with a receipt
+SELECT key, tool, attempt, lease_token, run_id, last_failure_class, last_failure_code
+FROM agentretry.claim_verifications('verifier-1');
+SELECT agentretry.resolve('v4-check', 2, true, '{"receipt": 5}', receipt => 'rcpt-5');
+-- late evidence resolves the verification verifier-0 holds; verifier-0,
+-- finding the same receipt, agrees
+SELECT agentretry.observe('v4-verify', 'rcpt-2', source => 'webhook',
+	detail => '{"status": "paid"}');
+SELECT key, state, reason, result, receipt, observed_receipt, lease_token,
+	reconcile_at = completed_at AS reconcile_now
+FROM agentretry.operations WHERE key = 'v4-verify';
+SELECT agentretry.resolve('v4-verify', 2, true, receipt => 'rcpt-2');
+-- a success of 0.4.0, which has no receipt: the evidence confirms it and
+-- stores its receipt; evidence of an unknown key is an orphan side effect
+SELECT agentretry.observe('v4-done', 'rcpt-1', source => 'audit');
+SELECT agentretry.observe('v4-elsewhere', 'rcpt-9', source => 'audit');
+-- claim_due leases the retry that 0.4.0 scheduled, as attempt 2, which
+-- succeeds: a success after a retry
+SELECT key, attempt, lease_token, run_id, step FROM agentretry.claim_due('worker-1');
+SELECT agentretry.complete('v4-retry', 2, '{"receipt": 3}', receipt => 'rcpt-3');
+-- a new step of run-live is still in progress when the run finishes
+SELECT outcome, attempt, lease_token
+FROM agentretry.claim('v4-new', '{"n": 9}', 'v4_idem', run_id => 'run-live', step => 'notify');
+SELECT agentretry.finish_run('run-live');
+SELECT key, state, attempts, reason, result, receipt, reconcile_at IS NOT NULL AS to_reconcile
+FROM agentretry.operations ORDER BY key;
+SELECT run_id, state, retry_events, reconcile_at IS NOT NULL AS to_reconcile
+FROM agentretry.runs ORDER BY run_id;
+-- reconcile() looks at what changed since the update: the success after a
+-- retry, and run-live finished with a step open; the other successes had
+-- one attempt, and no receipt is on two keys
+SELECT agentretry.reconcile() AS anomalies_found;
+SELECT kind, key, other_key, run_id, tool, receipt, attempt, detail
+FROM agentretry.anomalies ORDER BY id;
+-- an operator acknowledges the orphan, once: a second call keeps the
+-- first time and note
+SELECT agentretry.acknowledge(id, 'checked with the provider') AS acknowledged_at
+FROM agentretry.anomalies WHERE kind = 'orphan_side_effect' \gset
+SELECT agentretry.acknowledge(id, 'again') = :'acknowledged_at' AS first_time
+FROM agentretry.anomalies WHERE kind = 'orphan_side_effect';
+SELECT kind, key, acknowledged_at = :'acknowledged_at' AS acknowledged, acknowledged_by, note
+FROM agentretry.anomalies WHERE acknowledged_at IS NOT NULL;
+-- the events of 0.5.0 carry the receipt and the evidence
+SELECT kind, key, run_id, reason, receipt, source, detail, workflow_version, correlation_id
+FROM agentretry.events WHERE id > (SELECT max(id) FROM v040.events) ORDER BY id;
+-- stats() counts what this session did since the update
+SELECT tenant, tool, first_attempts, executions, replays, retries, successes,
+	successes_after_retry, verifications, dead_letters, anomalies, retry_rate,
+	completion_p50, completion_p95
+FROM agentretry.stats();
+-- and the sweep, which reconciles too, has nothing left to do
+SELECT * FROM agentretry.sweep();
 
 \c contrib_regression
 DROP DATABASE ar_upgrade;
 DROP DATABASE ar_fresh;
 DROP DATABASE ar_v030;
+DROP DATABASE ar_v040;
