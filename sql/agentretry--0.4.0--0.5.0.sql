@@ -10,9 +10,9 @@
 -- complete() and resolve() gain a last parameter, receipt; calls by
 -- position or by name keep working.  fail() may now answer action
 -- 'succeeded': evidence that the side effect happened arrived (observe)
--- while the attempt was leased.  No existing row changes: the new columns
--- are NULL, so operations completed before the update are never reported
--- by reconcile().
+-- while the attempt was leased.  Existing rows keep NULL in the new
+-- columns, so operations completed before the update are never reported
+-- by reconcile(); only those awaiting verification get a reconcile_at.
 -- ---------------------------------------------------------------------------
 
 ALTER TYPE agentretry.decision_action ADD VALUE 'succeeded';
@@ -64,6 +64,15 @@ CREATE INDEX operations_attention ON agentretry.operations (tenant, state, state
 	WHERE state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled');
 COMMENT ON INDEX agentretry.operations_attention IS
 	'operations awaiting verification, dead-lettered or awaiting approval, by tenant and age';
+
+-- Operations already awaiting verification are looked at when they would
+-- go stale, like those that enter verification from now on (read through
+-- operations_attention: verifications are few).  The GUC is read if it is
+-- set; the library may not be loaded yet.
+UPDATE agentretry.operations
+SET reconcile_at = coalesce(state_since, updated_at)
+	+ coalesce(nullif(current_setting('agentretry.verify_stale_after', true), ''), '15min')::interval
+WHERE state = 'verify';
 
 ALTER TABLE agentretry.runs ADD COLUMN reconcile_at timestamptz;
 COMMENT ON COLUMN agentretry.runs.reconcile_at IS

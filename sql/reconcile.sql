@@ -120,8 +120,9 @@ SELECT agentretry.observe('rc-ob-v', 'r-ob-v', 'rc', 'webhook', '{"event": "char
 SELECT state, attempts, lease_token, lease_expires_at, reason, receipt, observed_receipt,
 	reconcile_at = completed_at AS due_at_completion
 FROM agentretry.lookup('rc-ob-v', 'rc');
--- the verifier reports after it: finding it done agrees and changes
--- nothing; finding it not done is refused (AR004)
+-- the verifier reports after it: finding it done agrees, adding only the
+-- result it found (the operation had none; a second report changes
+-- nothing); finding it not done is refused (AR004)
 SELECT rc_try($$SELECT agentretry.resolve('rc-ob-v', 2, true, '{}', 'rc', 'r-ob-v')$$);
 SELECT rc_try($$SELECT agentretry.resolve('rc-ob-v', 2, true, tenant => 'rc')$$);
 SELECT rc_try($$SELECT agentretry.resolve('rc-ob-v', 2, false, tenant => 'rc')$$);
@@ -129,7 +130,7 @@ SELECT state, reason, receipt, result FROM agentretry.lookup('rc-ob-v', 'rc');
 SELECT outcome, attempt, reason FROM agentretry.claim('rc-ob-v', '{}', 'rc_pay', 'rc');
 SELECT count(*) AS anomalies FROM agentretry.anomalies WHERE tenant = 'rc' AND key = 'rc-ob-v';
 -- the verifier finds it done with another receipt: a second side effect;
--- the observed receipt stays
+-- the observed receipt stays, the verifier's result is kept
 SELECT outcome FROM agentretry.claim('rc-ob-v2', '{}', 'rc_pay', 'rc');
 SELECT action FROM agentretry.fail('rc-ob-v2', 1, 'transient', 'post_execution', tenant => 'rc');
 SELECT outcome, lease_token FROM agentretry.claim('rc-ob-v2', '{}', 'rc_pay', 'rc', owner => 'verifier-1');

@@ -832,16 +832,24 @@ SELECT * FROM install_vs_upgrade ORDER BY 1;
 -- the 0.4.0 rows after the update
 --
 -- every row is as it was, in every column 0.4.0 had; the columns 0.5.0
--- added are NULL in all of them
+-- added are NULL in all of them, but for the operations awaiting
+-- verification, due for reconcile() when they go stale (15 minutes after
+-- they began to wait), like those that begin to wait from now on
 SELECT c.relname AS relation, k.*
 FROM pg_class c, v040_kept(c.relname) k
 WHERE c.relnamespace = 'v040'::regnamespace
 ORDER BY 1;
+SELECT key, state, receipt, observed_receipt,
+	reconcile_at = state_since + interval '15 minutes' AS due_when_stale
+FROM agentretry.operations
+WHERE receipt IS NOT NULL OR observed_receipt IS NOT NULL OR reconcile_at IS NOT NULL
+ORDER BY key;
 SELECT count(*) AS anomalies FROM agentretry.anomalies;
 SELECT count(*) AS stats_rows FROM agentretry.stats_counts;
--- so reconcile() finds nothing to look at: not run-done, finished with a
--- step open, nor v4-verify, awaiting verification for longer than
--- agentretry.verify_stale_after; only what happens from now on
+-- so reconcile() finds nothing to look at but the verification that went
+-- stale before the update (v4-verify, waiting for half an hour): not run-done,
+-- finished with a step open, nor the other verification (v4-check, not
+-- stale yet); otherwise only what happens from now on
 SELECT agentretry.reconcile() AS anomalies_found;
 
 -- the lease taken under 0.4.0 holds: busy for others, and its holder
@@ -885,7 +893,7 @@ FROM agentretry.runs ORDER BY run_id;
 -- retry, and run-live finished with a step open; the other successes had
 -- one attempt, and no receipt is on two keys
 SELECT agentretry.reconcile() AS anomalies_found;
-SELECT kind, key, other_key, run_id, tool, receipt, attempt, detail
+SELECT kind, key, other_key, run_id, tool, receipt, attempt, detail - 'since' AS detail
 FROM agentretry.anomalies ORDER BY id;
 -- an operator acknowledges the orphan, once: a second call keeps the
 -- first time and note

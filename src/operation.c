@@ -239,6 +239,12 @@ static ArPlan store_receipts_plan = {
 	6, {TEXTOID, TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, TIMESTAMPTZOID}
 };
 
+static ArPlan store_late_result_plan = {
+	"UPDATE agentretry.operations SET result = $3, updated_at = $4"
+	" WHERE tenant = $1 AND key = $2 AND result IS NULL",
+	4, {TEXTOID, TEXTOID, JSONBOID, TIMESTAMPTZOID}
+};
+
 static ArPlan row_plan = {
 	"SELECT o FROM agentretry.operations o"
 	" WHERE o.tenant = $1 AND o.key = $2",
@@ -652,6 +658,22 @@ operation_store_receipts(const Operation *op, TimestampTz now)
 	values[5] = TimestampTzGetDatum(now);
 	if (ar_run(&store_receipts_plan, values, nulls, false) != 1)
 		elog(ERROR, "agentretry: operation \"%s\" vanished while locked", op->key);
+}
+
+/*
+ * Store result for a succeeded operation that has none (evidence made it
+ * succeed before its verifier reported what it found).  The row is locked.
+ */
+void
+operation_store_late_result(const Operation *op, Jsonb *result, TimestampTz now)
+{
+	Datum		values[4];
+
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(op->key);
+	values[2] = JsonbPGetDatum(result);
+	values[3] = TimestampTzGetDatum(now);
+	ar_run(&store_late_result_plan, values, NULL, false);
 }
 
 /*

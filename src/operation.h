@@ -79,6 +79,8 @@ extern bool operation_complete(Operation *op, int64 lease_token,
 							   bool late, TimestampTz now);
 extern bool operation_needs_reconcile(const Operation *op);
 extern void operation_store_receipts(const Operation *op, TimestampTz now);
+extern void operation_store_late_result(const Operation *op, Jsonb *result,
+									   TimestampTz now);
 extern Datum operation_row(const char *tenant, const char *key, bool *found);
 extern Jsonb *operation_last_error(const Operation *op);
 extern void operation_set_terminal(Operation *op, OpState state,

@@ -270,8 +270,9 @@ PG_FUNCTION_INFO_V1(agentretry_resolve);
  * is allowed).  Returns the new state.  Raises AR002 unless lease_token is
  * the newest, then AR004 unless the operation awaits verification; except
  * that when observe() resolved it during this verification, executed =
- * true agrees and returns succeeded (another receipt than the observed one
- * is recorded as a duplicate_side_effect).
+ * true agrees and returns succeeded: the result is stored if the operation
+ * has none, and another receipt than the observed one is recorded as a
+ * duplicate_side_effect.
  */
 Datum
 agentretry_resolve(PG_FUNCTION_ARGS)
@@ -309,6 +310,8 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 		 */
 		if (receipt != NULL && op.receipt != NULL && strcmp(receipt, op.receipt) != 0)
 			record_duplicate(&op, receipt, "resolve", now);
+		if (result != NULL && !op.has_result)
+			operation_store_late_result(&op, result, now);
 		ar_spi_end(&spi);
 		PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_SUCCEEDED]));
 	}
