@@ -48,7 +48,12 @@
 	" INSERT INTO agentretry.anomalies" \
 	" (tenant, kind, key, other_key, run_id, tool, receipt, attempt, detail, found_at)"
 
-/* $1 now, $2 max, $3 verify_stale_after */
+/*
+ * $1 now, $2 max, $3 verify_stale_after.  Planned for each call (custom
+ * plan; reconcile runs once per sweep): a generic plan cannot know that
+ * few rows are due and LIMIT $2 is small, and joins the due rows back to
+ * operations by reading the whole table instead of its primary key.
+ */
 static ArPlan reconcile_operations_plan = {
 	"WITH due AS ("
 	" SELECT o.tenant, o.key, o.tool, o.state, o.attempts, o.receipt, o.run_id,"
@@ -87,7 +92,7 @@ static ArPlan reconcile_operations_plan = {
 	" FROM due d WHERE o.tenant = d.tenant AND o.key = d.key RETURNING 1)"
 	" SELECT (SELECT count(*) FROM retried) + (SELECT count(*) FROM stale)"
 	"  + (SELECT count(*) FROM dup), (SELECT count(*) FROM done)",
-	3, {TIMESTAMPTZOID, INT4OID, INTERVALOID}
+	3, {TIMESTAMPTZOID, INT4OID, INTERVALOID}, .custom = true
 };
 
 /* $1 now, $2 max */
@@ -112,7 +117,7 @@ static ArPlan reconcile_runs_plan = {
 	" UPDATE agentretry.runs r SET reconcile_at = NULL"
 	" FROM due d WHERE r.tenant = d.tenant AND r.run_id = d.run_id RETURNING 1)"
 	" SELECT (SELECT count(*) FROM found), (SELECT count(*) FROM done)",
-	2, {TIMESTAMPTZOID, INT4OID}
+	2, {TIMESTAMPTZOID, INT4OID}, .custom = true
 };
 
 static int

@@ -4,8 +4,9 @@
  *	  The SPI layer: connections with search_path pinned, named plans
  *	  prepared once per backend, parameter setters and column readers.
  *
- * Plans are prepared with CURSOR_OPT_GENERIC_PLAN and kept
- * (SPI_keepplan); the plan cache revalidates them after DDL.  They are
+ * Plans are prepared with CURSOR_OPT_GENERIC_PLAN (or, for a statement run
+ * rarely whose best plan depends on its parameters, CURSOR_OPT_CUSTOM_PLAN)
+ * and kept (SPI_keepplan); the plan cache revalidates them after DDL.  They are
  * made under the pinned search_path, so they are never re-planned for a
  * caller's search_path.
  *
@@ -80,6 +81,7 @@ prepare(ArPlan *p)
 
 		Assert(p->sql != NULL);
 		plan = SPI_prepare_cursor(p->sql, p->nargs, p->argtypes,
+								  p->custom ? CURSOR_OPT_CUSTOM_PLAN :
 								  CURSOR_OPT_GENERIC_PLAN);
 		if (plan == NULL)
 			elog(ERROR, "agentretry: SPI_prepare failed: %s",

@@ -48,6 +48,7 @@ typedef struct ArPlan
 	int			nargs;
 	Oid			argtypes[AR_PLAN_MAX_ARGS];
 	SPIPlanPtr	plan;
+	bool		custom;			/* planned for each call's parameters */
 } ArPlan;
 
 extern uint64 ar_run(ArPlan *p, Datum *values, const char *nulls,
