@@ -637,7 +637,7 @@ SQL
 	seq=$(printf '%s\n' "$plan" | grep 'Seq Scan on operations' | grep -vc 'never executed' || true)
 	# in which part of the statement (its CTEs: due, retried, stale, dup, done)
 	where=$(printf '%s\n' "$plan" | awk '/^  CTE / { cte = $2 } /Seq Scan on operations/ && !/never executed/ { print "CTE " cte }' | sort -u | paste -sd, -)
-	reconcile_plans="$reconcile_plans- $size operations: due operations read through operations_reconcile: $([ "$idx" -gt 0 ] && echo yes || echo NO); sequential scans of operations: $seq$([ "$seq" -gt 0 ] && echo " (in $where)")
+	reconcile_plans="$reconcile_plans- $size operations: due operations read through operations_reconcile: $([ "$idx" -gt 0 ] && echo yes || echo NO); sequential scans of operations: $seq$([ "$seq" -eq 0 ] || echo " (in $where)")
 "
 	if [ "$seq" -gt 0 ]; then
 		echo "warning: reconcile read the whole of agentretry.operations ($size rows) with a sequential scan: see $logdir/reconcile_plan_$size.txt" >&2

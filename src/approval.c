@@ -83,6 +83,7 @@ agentretry_approve(PG_FUNCTION_ARGS)
 	transition_store(&op, now);
 	record_actor_event("approved", &op, "approved", note, now);
 	stats_count(op.tenant, op.tool, ST_APPROVALS);
+	stats_maybe_flush(now, false);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[OP_RETRY_WAIT]));
 }

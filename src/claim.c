@@ -6,9 +6,10 @@
  * The common answers take no row lock: a new key is one INSERT ... ON
  * CONFLICT DO NOTHING, and replay, busy, wait, dead and cancelled are read
  * straight from the primary key index (operation_peek), so a replay writes
- * nothing, needs no transaction id and runs no executor.  Only a transition (an expired lease, a due retry, a
- * verification to hand out) re-reads the row FOR UPDATE and decides again
- * under the lock, since another claimant may have acted in between.
+ * nothing of its own, needs no transaction id and runs no executor.  Only
+ * a transition (an expired lease, a due retry, a verification to hand out)
+ * re-reads the row FOR UPDATE and decides again under the lock, since
+ * another claimant may have acted in between.
  *
  * A new key that names a run joins it (starting it if unknown) and holds
  * the run FOR KEY SHARE until the claim commits (runs.c): a run that is no
@@ -16,8 +17,9 @@
  * requires approval is recorded as awaiting_approval and answers
  * approval.
  *
- * Replays are counted for stats() in memory (stats.c), so a replay still
- * writes nothing.
+ * Answers are counted for stats() in memory (stats.c); about once a
+ * second a call of the session, a replay too, writes the session's counts
+ * (one row per tenant and tool), which is then its only write.
  *
  * Pattern A (claim, effect and complete in one transaction): a concurrent
  * claimant of the same key blocks in the INSERT on the uncommitted row,
@@ -246,7 +248,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 			record_simple_event("replay", &op, NULL, req.now);
 		}
 	}
-	stats_maybe_flush(req.now);
+	stats_maybe_flush(req.now, false);
 
 	/* form the row while SPI's memory (result, reason) is still alive */
 	MemoryContextSwitchTo(spi.caller);

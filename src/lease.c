@@ -20,6 +20,7 @@
 
 #include "events.h"
 #include "saga.h"
+#include "stats.h"
 #include "transition.h"
 
 /*
@@ -121,6 +122,7 @@ agentretry_release(PG_FUNCTION_ARGS)
 	transition_store(&op, now);
 	if (ar_trace_all)
 		record_simple_event("release", &op, "released", now);
+	stats_maybe_flush(now, false);
 	ar_spi_end(&spi);
 	PG_RETURN_VOID();
 }

@@ -179,6 +179,7 @@ agentretry_observe(PG_FUNCTION_ARGS)
 		answer = "orphan";
 	}
 	record_observation(&op, answer, ev.receipt, ev.source, ev.detail, ev.now);
+	stats_maybe_flush(ev.now, false);
 	ar_spi_end(&spi);
 	PG_RETURN_TEXT_P(cstring_to_text(answer));
 }

@@ -20,6 +20,7 @@
 #include "utils/timestamp.h"
 
 #include "events.h"
+#include "stats.h"
 #include "transition.h"
 
 /* Lock the operation for an operator action, or raise AR003. */
@@ -176,10 +177,24 @@ agentretry_cancel(PG_FUNCTION_ARGS)
 							  op.state == OP_SUCCEEDED ?
 							  "Its effect happened; compensate it instead if it must be undone." :
 							  "Nothing is left to cancel.");
-	operation_set_terminal(&op, OP_CANCELLED, reason);
-	trace_operator("cancel", &op, reason, now);
+	if (op.state == OP_IN_PROGRESS && op.observed_receipt != NULL)
+	{
+		/*
+		 * Its side effect was observed during the lease: it happened, and
+		 * cancelling now would only hide that (and let a requeue repeat
+		 * it).  It succeeds; the cancel is traced.
+		 */
+		apply_evidence(&op, "cancelled", now);
+		trace_operator("cancel", &op, "corrected", now);
+	}
+	else
+	{
+		operation_set_terminal(&op, OP_CANCELLED, reason);
+		trace_operator("cancel", &op, reason, now);
+	}
 	transition_store(&op, now);
 	result = result_label_datum(fcinfo, op_state_labels[op.state]);
+	stats_maybe_flush(now, false);
 	ar_spi_end(&spi);
 	PG_RETURN_DATUM(result);
 }

@@ -156,7 +156,11 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	op.tenant = arg_tenant(fcinfo, 3);
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
-	/* a definition of complete() older than 0.5.0 passes no receipt */
+	/*
+	 * called through the definition of an older version (before ALTER
+	 * EXTENSION UPDATE), which has no receipt: never read past the
+	 * arguments given (the call then fails on the old schema, cleanly)
+	 */
 	receipt = PG_NARGS() > 6 ?
 		arg_name(fcinfo, 6, "receipt", NULL, AR_MAX_KEY_LEN) : NULL;
 
@@ -172,7 +176,7 @@ agentretry_complete(PG_FUNCTION_ARGS)
 			record_simple_event("complete", &op, NULL, now);
 		stats_count_success(&op, now);
 	}
-	stats_maybe_flush(now);
+	stats_maybe_flush(now, false);
 	ar_spi_end(&spi);
 	PG_RETURN_VOID();
 }
@@ -235,7 +239,7 @@ agentretry_fail(PG_FUNCTION_ARGS)
 				 errhint("Call resolve() with what the target system says, or release() to give the verification lease back.")));
 	apply_failure(&op, failure, phase, code, message, retry_after, 0, now, &d);
 	transition_store(&op, now);
-	stats_maybe_flush(now);
+	stats_maybe_flush(now, false);
 
 	MemoryContextSwitchTo(spi.caller);
 	result = decision_datum(fcinfo, &d);
@@ -292,7 +296,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	executed = PG_GETARG_BOOL(2);
 	result = arg_payload(fcinfo, 3, "result", false);
 	tenant = arg_tenant(fcinfo, 4);
-	/* a definition of resolve() older than 0.5.0 passes no receipt */
+	/* as in complete(): an older definition passes no receipt */
 	receipt = PG_NARGS() > 5 ?
 		arg_name(fcinfo, 5, "receipt", NULL, AR_MAX_KEY_LEN) : NULL;
 
@@ -336,6 +340,7 @@ agentretry_resolve(PG_FUNCTION_ARGS)
 	else
 		resolve_not_executed(&op, now);
 	state = op.state;
+	stats_maybe_flush(now, false);
 	ar_spi_end(&spi);
 
 	PG_RETURN_DATUM(result_label_datum(fcinfo, op_state_labels[state]));

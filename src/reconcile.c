@@ -22,11 +22,17 @@
  *
  * and clears reconcile_at.  Rows are locked FOR UPDATE (runs FOR NO KEY
  * UPDATE) SKIP LOCKED, so overlapping reconciles and sweeps share the work
- * without waiting, and an anomaly found twice (a pair of keys seen from
- * both ends) is recorded once (anomaly.c).  Only such pairs can make two
- * reconciles wait for each other (on the unique index), so they are
- * inserted in one global order: the second waits for the first instead of
- * both waiting for each other.
+ * without waiting, and an anomaly found twice is recorded once
+ * (anomaly.c).  Every anomaly reconcile records is about rows it holds,
+ * except a duplicate_receipt pair, which two reconciles may find from its
+ * two ends: waiting for each other's insert on the unique index, two
+ * transactions that each called reconcile() more than once could
+ * deadlock.  So a pair is recorded only by the transaction that holds the
+ * receipt's advisory lock (pg_try_advisory_xact_lock, class
+ * hashtext('agentretry.duplicate_receipt')); the other leaves its row due
+ * a second later, and then finds the pair recorded (or records it, if the
+ * first rolled back).  Verifications that began before 0.2.0 recorded
+ * state_since are judged by updated_at.
  *
  * src/reconcile.c
  *
@@ -57,7 +63,7 @@
 static ArPlan reconcile_operations_plan = {
 	"WITH due AS ("
 	" SELECT o.tenant, o.key, o.tool, o.state, o.attempts, o.receipt, o.run_id,"
-	"  o.state_since"
+	"  coalesce(o.state_since, o.updated_at) AS since"
 	" FROM agentretry.operations o"
 	" WHERE o.reconcile_at <= $1"
 	" ORDER BY o.reconcile_at LIMIT $2"
@@ -70,25 +76,33 @@ static ArPlan reconcile_operations_plan = {
 	" ON CONFLICT DO NOTHING RETURNING 1),"
 	" stale AS (" ANOMALY_COLUMNS
 	" SELECT d.tenant, 'stale_verification', d.key, NULL, d.run_id, d.tool,"
-	"  NULL, d.attempts, jsonb_build_object('since', d.state_since), $1"
-	" FROM due d WHERE d.state = 'verify' AND d.state_since <= $1 - $3"
+	"  NULL, d.attempts, jsonb_build_object('since', d.since), $1"
+	" FROM due d WHERE d.state = 'verify' AND d.since <= $1 - $3"
 	" ON CONFLICT DO NOTHING RETURNING 1),"
-	" dup AS (" ANOMALY_COLUMNS
-	" SELECT d.tenant, 'duplicate_receipt', least(d.key, x.key),"
-	"  greatest(d.key, x.key), NULL, d.tool, d.receipt, NULL,"
-	"  jsonb_build_object('keys', jsonb_build_array(least(d.key, x.key),"
-	"   greatest(d.key, x.key))), $1"
+	/* got: this transaction may record pairs of this receipt (see above) */
+	" pairs AS ("
+	" SELECT d.tenant, d.key, d.tool, d.receipt, x.key AS other,"
+	"  pg_catalog.pg_try_advisory_xact_lock("
+	"   pg_catalog.hashtext('agentretry.duplicate_receipt'),"
+	"   pg_catalog.hashtext(d.tenant || '/' || d.tool || '/' || d.receipt)) AS got"
 	" FROM due d CROSS JOIN LATERAL ("
 	"  SELECT o2.key FROM agentretry.operations o2"
 	"  WHERE o2.tenant = d.tenant AND o2.tool = d.tool AND o2.receipt = d.receipt"
 	"  AND o2.key <> d.key AND o2.state = 'succeeded' LIMIT 10) x"
-	" WHERE d.state = 'succeeded' AND d.receipt IS NOT NULL"
-	" ORDER BY d.tenant, least(d.key, x.key), greatest(d.key, x.key)"
+	" WHERE d.state = 'succeeded' AND d.receipt IS NOT NULL),"
+	" dup AS (" ANOMALY_COLUMNS
+	" SELECT p.tenant, 'duplicate_receipt', least(p.key, p.other),"
+	"  greatest(p.key, p.other), NULL, p.tool, p.receipt, NULL,"
+	"  jsonb_build_object('keys', jsonb_build_array(least(p.key, p.other),"
+	"   greatest(p.key, p.other))), $1"
+	" FROM pairs p WHERE p.got"
 	" ON CONFLICT DO NOTHING RETURNING 1),"
 	" done AS ("
 	" UPDATE agentretry.operations o SET reconcile_at ="
-	"  CASE WHEN d.state = 'verify' AND d.state_since > $1 - $3"
-	"  THEN d.state_since + $3 END"
+	"  CASE WHEN EXISTS (SELECT FROM pairs p"
+	"    WHERE p.tenant = d.tenant AND p.key = d.key AND NOT p.got)"
+	"  THEN $1 + interval '1 second'"
+	"  WHEN d.state = 'verify' AND d.since > $1 - $3 THEN d.since + $3 END"
 	" FROM due d WHERE o.tenant = d.tenant AND o.key = d.key RETURNING 1)"
 	" SELECT (SELECT count(*) FROM retried) + (SELECT count(*) FROM stale)"
 	"  + (SELECT count(*) FROM dup), (SELECT count(*) FROM done)",

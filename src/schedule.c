@@ -30,6 +30,7 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
+#include "stats.h"
 #include "transition.h"
 
 #define CLAIM_DUE_MAX 1000
@@ -253,18 +254,19 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 		examined += n;
 	}
 	saga_defer_end(req.now);
+	stats_maybe_flush(req.now, false);
 	ar_spi_end(&spi);
 	return (Datum) 0;
 }
 
 /* $1 tenant, $2 now, $3 how many, $4 tools or NULL */
 static ArPlan due_verifications_plan = {
-	"SELECT " AR_OP_SELECT ", o.args, o.state_since"
+	"SELECT " AR_OP_SELECT ", o.args, coalesce(o.state_since, o.updated_at)"
 	" FROM agentretry.operations o" AR_POLICY_JOINS
 	" WHERE o.tenant = $1 AND o.state = 'verify'"
 	" AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $2)"
 	" AND ($4::text[] IS NULL OR o.tool = ANY ($4))"
-	" ORDER BY o.state_since"
+	" ORDER BY o.state_since NULLS FIRST"
 	" LIMIT $3 FOR UPDATE OF o SKIP LOCKED",
 	4, DUE_ARGTYPES
 };
@@ -365,6 +367,7 @@ agentretry_claim_verifications(PG_FUNCTION_ARGS)
 		if (a.outcome == OUT_VERIFY)
 			put_verification(rsinfo, &op, args, since, &a);
 	}
+	stats_maybe_flush(req.now, false);
 	ar_spi_end(&spi);
 	return (Datum) 0;
 }

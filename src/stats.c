@@ -7,25 +7,29 @@
  *
  * A replay must stay a read (no row written for it), and the other counts
  * should not add a statement to the calls they count.  So each session
- * keeps its counts in memory and writes them, about once a second, in one
- * upsert per tenant and tool into its own row of agentretry.stats_counts
- * (keyed by its process id and the minute), from within whichever
- * agentretry call comes next.  Sessions never touch each other's rows, so
- * they never wait for each other's counts, even when a transaction holding
- * one stays open.
+ * counts in memory what agentretry answered and did, and writes its counts,
+ * at most about once a second, in one upsert per tenant and tool into its
+ * own row of agentretry.stats_counts (keyed by its process id and the
+ * minute), from within the agentretry call that counted last: the counts
+ * of a call are written by that call when a second has passed since the
+ * last write, else by a later one.  The sweep always writes its own.
+ * Sessions never touch each other's rows, so they never wait for each
+ * other's counts, even when a transaction holding one stays open.
  *
- * The counts follow their transaction: what a transaction counted joins
- * the counts to write when it commits and is dropped when it rolls back
- * (a savepoint's rollback is not seen: its counts stay).  Replays are the
- * exception: the caller was told not to act, whatever became of its
- * transaction, so a replay is counted at once.  Counts written by a
- * transaction that then rolls back are kept to be written again; counts
- * are not written from within a subtransaction.
+ * What is counted is what agentretry answered, as pg_stat_statements
+ * counts calls: an attempt whose transaction rolled back still counts (a
+ * caller of pattern B may have acted on it; the replay prevented a
+ * duplicate either way).  The write itself is part of the caller's
+ * transaction: if that transaction, or the subtransaction it was made in,
+ * rolls back, the counts it wrote are kept to be written again.  A
+ * prepared transaction's counts count as written; while it holds this
+ * session's row of the minute, the session writes in the next minute.
  *
- * Precision: a session's counts of its last second reach the table with
- * its next agentretry call (stats() writes the caller's own first); a
- * session that ends loses the counts it had not written yet, at most a
- * second's worth.  Counts are filed under the minute they were written in.
+ * Precision: a session's counts of its last second are lost if it ends
+ * before another agentretry call of it writes them (stats() writes the
+ * caller's own first); counts are filed under the minute they were written
+ * in.  Nothing is written in a read-only transaction or on a standby (the
+ * counts wait for a call that may write).
  *
  * src/stats.c
  *
@@ -63,10 +67,8 @@ typedef struct StatKey
 typedef struct StatEntry
 {
 	StatKey		key;
-	int64		txn[ST_NSLOTS];		/* this transaction's, uncommitted */
 	int64		pending[ST_NSLOTS]; /* to write */
-	int64		inflight[ST_NSLOTS];	/* written by this transaction */
-	bool		has_txn;
+	int64		inflight[ST_NSLOTS];	/* written by the current transaction */
 	bool		has_pending;
 	bool		has_inflight;
 } StatEntry;
@@ -77,10 +79,11 @@ static const double bucket_bounds[ST_NBUCKETS - 1] =
 
 static HTAB *stat_entries = NULL;
 static StatEntry *last_entry = NULL;	/* the one most recently counted */
-static bool any_txn = false;
 static bool any_pending = false;
 static bool any_inflight = false;
+static SubTransactionId inflight_subid = InvalidSubTransactionId;
 static TimestampTz last_flush = 0;
+static TimestampTz prepared_bucket = 0; /* a prepared transaction holds it */
 
 static ArPlan upsert_plan = {
 	"INSERT INTO agentretry.stats_counts AS s"
@@ -109,11 +112,14 @@ static ArPlan upsert_plan = {
 };
 
 static void stats_xact_callback(XactEvent event, void *arg);
+static void stats_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+								   SubTransactionId parentSubid, void *arg);
 
 void
 stats_init(void)
 {
 	RegisterXactCallback(stats_xact_callback, NULL);
+	RegisterSubXactCallback(stats_subxact_callback, NULL);
 }
 
 static void
@@ -151,10 +157,9 @@ stat_entry(const char *tenant, const char *tool)
 	e = hash_search(stat_entries, &key, HASH_ENTER, &found);
 	if (!found)
 	{
-		memset(e->txn, 0, sizeof(e->txn));
 		memset(e->pending, 0, sizeof(e->pending));
 		memset(e->inflight, 0, sizeof(e->inflight));
-		e->has_txn = e->has_pending = e->has_inflight = false;
+		e->has_pending = e->has_inflight = false;
 	}
 	last_entry = e;
 	return e;
@@ -168,9 +173,9 @@ count_slot(const char *tenant, const char *tool, int slot)
 	if (!ar_track_stats)
 		return;
 	e = stat_entry(tenant, tool);
-	e->txn[slot]++;
-	e->has_txn = true;
-	any_txn = true;
+	e->pending[slot]++;
+	e->has_pending = true;
+	any_pending = true;
 }
 
 void
@@ -188,18 +193,11 @@ stats_count_attempt(const Operation *op, bool first)
 		count_slot(op->tenant, op->tool, ST_FIRST_ATTEMPTS);
 }
 
-/* counted at once: a replay happened whatever becomes of its transaction */
+/* a replay: a duplicate prevented */
 void
 stats_count_replay(const char *tenant, const char *tool)
 {
-	StatEntry  *e;
-
-	if (!ar_track_stats)
-		return;
-	e = stat_entry(tenant, tool);
-	e->pending[ST_REPLAYS]++;
-	e->has_pending = true;
-	any_pending = true;
+	count_slot(tenant, tool, ST_REPLAYS);
 }
 
 /*
@@ -259,8 +257,11 @@ int8_array(const int64 *v, int n)
 
 /*
  * Write the counts to write into this session's rows of the current minute;
- * they stay in flight until the transaction ends.  The caller is
- * SPI-connected.  Returns the number of rows written.
+ * they stay in flight until the (sub)transaction that wrote them ends.
+ * Writes in flight all belong to one (sub)transaction, so that its end
+ * decides for all of them: in another one, later counts wait for a later
+ * transaction.  The caller is SPI-connected.  Returns the number of rows
+ * written.
  */
 static int
 stats_flush(TimestampTz now)
@@ -268,17 +269,18 @@ stats_flush(TimestampTz now)
 	HASH_SEQ_STATUS seq;
 	StatEntry  *e;
 	Datum		values[6];
+	TimestampTz bucket = now - now % USECS_PER_MINUTE;
 	int			written = 0;
 
-	last_flush = now;
-	/*
-	 * Rows written in a subtransaction would vanish with its rollback while
-	 * the transaction itself commits and takes them as written: wait for a
-	 * call at the top level.
-	 */
-	if (!any_pending || GetCurrentTransactionNestLevel() > 1)
+	if (!any_pending || bucket <= prepared_bucket ||
+		(any_inflight && inflight_subid != GetCurrentSubTransactionId()) ||
+		XactReadOnly || RecoveryInProgress() || IsInParallelMode())
 		return 0;
-	values[1] = TimestampTzGetDatum(now - now % USECS_PER_MINUTE);
+	last_flush = now;
+	/* from the first write on, an error must give the counts back */
+	any_inflight = true;
+	inflight_subid = GetCurrentSubTransactionId();
+	values[1] = TimestampTzGetDatum(bucket);
 	values[3] = Int32GetDatum(MyProcPid);
 	hash_seq_init(&seq, stat_entries);
 	while ((e = hash_seq_search(&seq)) != NULL)
@@ -289,28 +291,26 @@ stats_flush(TimestampTz now)
 		values[2] = CStringGetTextDatum(e->key.tool);
 		values[4] = int8_array(e->pending, ST_NCOUNTERS);
 		values[5] = int8_array(e->pending + ST_NCOUNTERS, ST_NBUCKETS);
-		ar_run(&upsert_plan, values, NULL, false);
 		add_slots(e->inflight, e->pending);
 		memset(e->pending, 0, sizeof(e->pending));
 		e->has_pending = false;
 		e->has_inflight = true;
+		ar_run(&upsert_plan, values, NULL, false);
 		written++;
 	}
 	any_pending = false;
-	any_inflight = true;
 	return written;
 }
 
 /*
- * Write the counts if a second has passed since the last write and this
- * transaction may write.  The caller is SPI-connected.
+ * Write the counts if a second has passed since the last write (always,
+ * with force) and this transaction may write.  The caller is
+ * SPI-connected.
  */
 void
-stats_maybe_flush(TimestampTz now)
+stats_maybe_flush(TimestampTz now, bool force)
 {
-	if (!any_pending || now - last_flush < ST_FLUSH_INTERVAL_USEC)
-		return;
-	if (XactReadOnly || RecoveryInProgress() || IsInParallelMode())
+	if (!any_pending || (!force && now - last_flush < ST_FLUSH_INTERVAL_USEC))
 		return;
 	stats_flush(now);
 }
@@ -326,63 +326,77 @@ forget_idle_entries(void)
 	hash_seq_init(&seq, stat_entries);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (!e->has_pending && !e->has_txn && !e->has_inflight)
+		if (!e->has_pending && !e->has_inflight)
 			hash_search(stat_entries, &e->key, HASH_REMOVE, NULL);
 	}
 }
 
-/*
- * At commit the transaction's counts join those to write, and those it
- * wrote are done; at rollback its counts are dropped and those it wrote
- * are to be written again.
- */
+/* the write in flight is done (kept), or undone (to be written again) */
 static void
-stats_xact_callback(XactEvent event, void *arg)
+end_inflight(bool kept)
 {
 	HASH_SEQ_STATUS seq;
 	StatEntry  *e;
-	bool		commit;
 
-	if (!any_txn && !any_inflight)
-		return;
-	switch (event)
-	{
-		case XACT_EVENT_COMMIT:
-		case XACT_EVENT_PARALLEL_COMMIT:
-		case XACT_EVENT_PREPARE:
-			commit = true;
-			break;
-		case XACT_EVENT_ABORT:
-		case XACT_EVENT_PARALLEL_ABORT:
-			commit = false;
-			break;
-		default:
-			return;
-	}
 	hash_seq_init(&seq, stat_entries);
 	while ((e = hash_seq_search(&seq)) != NULL)
 	{
-		if (commit && e->has_txn)
-		{
-			add_slots(e->pending, e->txn);
-			e->has_pending = true;
-			any_pending = true;
-		}
-		if (!commit && e->has_inflight)
+		if (!e->has_inflight)
+			continue;
+		if (!kept)
 		{
 			add_slots(e->pending, e->inflight);
 			e->has_pending = true;
 			any_pending = true;
 		}
-		memset(e->txn, 0, sizeof(e->txn));
 		memset(e->inflight, 0, sizeof(e->inflight));
-		e->has_txn = false;
 		e->has_inflight = false;
 	}
-	any_txn = false;
 	any_inflight = false;
+	inflight_subid = InvalidSubTransactionId;
+}
+
+static void
+stats_xact_callback(XactEvent event, void *arg)
+{
+	if (!any_inflight)
+		return;
+	switch (event)
+	{
+		case XACT_EVENT_PREPARE:
+			/* the prepared transaction holds this minute's rows */
+			prepared_bucket = last_flush - last_flush % USECS_PER_MINUTE;
+			end_inflight(true);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			end_inflight(true);
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			end_inflight(false);
+			break;
+		default:
+			return;
+	}
 	if (hash_get_num_entries(stat_entries) > ST_MAX_ENTRIES)
 		forget_idle_entries();
+}
+
+/*
+ * A write made in a subtransaction belongs to its parent when it commits,
+ * and is undone when it rolls back.
+ */
+static void
+stats_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
+					   SubTransactionId parentSubid, void *arg)
+{
+	if (!any_inflight || inflight_subid != mySubid)
+		return;
+	if (event == SUBXACT_EVENT_COMMIT_SUB)
+		inflight_subid = parentSubid;
+	else if (event == SUBXACT_EVENT_ABORT_SUB)
+		end_inflight(false);
 }
 
 PG_FUNCTION_INFO_V1(agentretry_flush_stats);
@@ -392,7 +406,8 @@ PG_FUNCTION_INFO_V1(agentretry_flush_stats);
  *
  * Writes the counts this session holds now, whatever the time since the
  * last write; returns the number of rows written (one per tenant and tool
- * counted).  stats() calls it first.
+ * counted), 0 when the transaction may not write, or wrote counts in
+ * another subtransaction.  stats() calls it first.
  */
 Datum
 agentretry_flush_stats(PG_FUNCTION_ARGS)

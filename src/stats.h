@@ -39,6 +39,6 @@ extern void stats_count_attempt(const Operation *op, bool first);
 extern void stats_count_replay(const char *tenant, const char *tool);
 extern void stats_count_success(const Operation *op, TimestampTz now);
 extern void stats_count_dead(const Operation *op);
-extern void stats_maybe_flush(TimestampTz now);
+extern void stats_maybe_flush(TimestampTz now, bool force);
 
 #endif							/* AGENTRETRY_STATS_H */

@@ -28,7 +28,8 @@
  *
  * Every step locks its rows FOR UPDATE SKIP LOCKED and re-checks them
  * under the lock, so two overlapping sweeps (or a sweep and a worker) never
- * act on one row twice and never wait for each other.  Locks last until
+ * act on one row twice and never wait for each other's rows (reconcile.c
+ * says how it avoids waiting for the other's anomalies).  Locks last until
  * the caller's transaction ends: one call is one batch.  Last, the number
  * of due retries is sent on channel agentretry (at commit), to wake
  * workers that LISTEN.
@@ -295,6 +296,7 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	int			counts[6];
 	int			anomalies;
 	bool		more_reconcile;
+	bool		more_purged;
 	int64		due;
 	TupleDesc	desc;
 	Datum		values[9];
@@ -319,13 +321,13 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	counts[2] = purge(&purge_operations_plan, now, max);
 	counts[3] = purge(&purge_events_plan, retention_start, max);
 	counts[4] = purge(&purge_ledger_plan, retention_start, max);
-	(void) purge(&purge_anomalies_plan, retention_start, max);
-	(void) purge(&purge_stats_plan, retention_start, max);
+	more_purged = purge(&purge_anomalies_plan, retention_start, max) >= max;
+	more_purged |= purge(&purge_stats_plan, retention_start, max) >= max;
 	counts[5] = purge(&purge_runs_plan,
 					  ts_add_usec(now, -(int64) ar_default_ttl_sec * USECS_PER_SEC), max);
 	advance_sagas(now, max);
 	anomalies = reconcile_round(now, max, &more_reconcile);
-	stats_maybe_flush(now);
+	stats_maybe_flush(now, true);
 	due = count_due(now);
 	ar_spi_end(&spi);
 
@@ -344,7 +346,7 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	values[6] = Int32GetDatum(counts[4]);
 	values[7] = Int32GetDatum(counts[5]);
 	values[8] = Int32GetDatum(anomalies);
-	if (counts[4] >= max || counts[5] >= max || more_reconcile)
+	if (counts[4] >= max || counts[5] >= max || more_reconcile || more_purged)
 		values[5] = BoolGetDatum(true);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, values, nulls)));
 }

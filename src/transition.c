@@ -383,6 +383,18 @@ claim_transition(Operation *op, const ClaimRequest *req, ClaimAnswer *a)
 {
 	if (answer_without_transition(op, req->now, a))
 		return;
+	if (op->observed_receipt != NULL && op->state != OP_IN_PROGRESS)
+	{
+		/*
+		 * Evidence of an attempt that ended without its holder reporting
+		 * (every such path applies it; this is a safety net): no new
+		 * attempt.
+		 */
+		apply_evidence(op, "retry_wait", req->now);
+		transition_store(op, req->now);
+		answer_without_transition(op, req->now, a);
+		return;
+	}
 	learn_run_state(op);
 	if (op->compensating && op->compensation_of == NULL &&
 		op->state == OP_RETRY_WAIT)
@@ -582,11 +594,11 @@ apply_failure(Operation *op, FailureClass failure, FailurePhase phase,
 
 /*
  * Evidence that op's side effect happened arrived (observe()) while op was
- * leased, and now its holder reports a failure, gives the lease back, or
- * the lease expired: the side effect did happen.  So op succeeds with the
- * observed receipt and is never retried, and what its holder believed
- * (believed: "failed", "released") is recorded as an outcome_corrected
- * anomaly.  The caller stores op.
+ * leased, and now its holder reports a failure, gives the lease back, an
+ * operator cancels it, or the lease expired: the side effect did happen.
+ * So op succeeds with the observed receipt (reason corrected) and is never
+ * retried, and what was believed ("failed", "released", "cancelled") is
+ * recorded as an outcome_corrected anomaly.  The caller stores op.
  */
 void
 apply_evidence(Operation *op, const char *believed, TimestampTz now)
@@ -594,6 +606,8 @@ apply_evidence(Operation *op, const char *believed, TimestampTz now)
 	EventData	ev;
 	AnomalyData an;
 	StringInfoData detail;
+	/* the failure fields are this attempt's only when it failed */
+	bool		failed = strcmp(believed, "failed") == 0;
 
 	op->receipt = op->observed_receipt;
 	op->observed_receipt = NULL;
@@ -605,19 +619,20 @@ apply_evidence(Operation *op, const char *believed, TimestampTz now)
 	an.attempt = op->attempts;
 	detail_begin(&detail);
 	detail_text(&detail, "believed", believed);
-	if (op->failure_class >= 0)
+	if (failed && op->failure_class >= 0)
 		detail_text(&detail, "failure_class", failure_class_labels[op->failure_class]);
-	detail_text(&detail, "code", op->failure_code);
+	if (failed)
+		detail_text(&detail, "code", op->failure_code);
 	an.detail = detail_end(&detail);
 	record_anomaly(&an);
 
 	memset(&ev, 0, sizeof(ev));
 	ev.kind = "corrected";
 	ev.op = op;
-	ev.failure_class = op->failure_class;
-	ev.failure_phase = op->failure_phase;
-	ev.code = op->failure_code;
-	ev.message = op->failure_message;
+	ev.failure_class = failed ? op->failure_class : -1;
+	ev.failure_phase = failed ? op->failure_phase : -1;
+	ev.code = failed ? op->failure_code : NULL;
+	ev.message = failed ? op->failure_message : NULL;
 	ev.reason = "corrected";
 	ev.delay = USEC_NONE;
 	ev.receipt = op->receipt;
