@@ -127,19 +127,22 @@ SELECT run_id, state FROM agentretry.runs WHERE tenant = 'st' ORDER BY run_id;
 SELECT agentretry.observe('st-orphan', 'rcpt-orphan', 'st', 'webhook');
 
 --
--- a rolled-back transaction: its execution and success are not counted,
--- its replay is (the caller was told not to act either way)
+-- a rolled-back transaction: what agentretry answered in it is counted,
+-- as pg_stat_statements counts calls (the caller may have acted on the
+-- execute; it was told not to act on the replay)
 --
 BEGIN;
 SELECT outcome FROM agentretry.claim('st-rb1', '{}', 'st_read', 'st');
 SELECT agentretry.complete('st-rb1', 1, '{}', 'st');
 SELECT outcome FROM agentretry.claim('st-r2', '{}', 'st_read', 'st');
 ROLLBACK;
--- by hand: st_read replays 3 + 1 = 4
+-- by hand: st_read first attempts 3 + 1 = 4, executions 4 + 1 = 5,
+-- successes 3 + 1 = 4, replays 3 + 1 = 4
 
 --
--- stats() counts what committed: within a transaction, its own counts are
--- not there yet
+-- within a transaction, stats() sees the counts of the transaction's own
+-- calls: they are written in it (and would go with it if it rolled back,
+-- to be written again)
 --
 BEGIN;
 SELECT outcome FROM agentretry.claim('st-tx1', '{}', 'st_tx', 'st');
@@ -185,7 +188,7 @@ FULL JOIN (VALUES
 	('st_fragile', 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, '{}', 0, 0.0, 0.0, NULL),
 	('st_gated', 1, 1, 0, 0, 2, 0, 0, 0, 0, 1, 0, 0, '{"outcome_corrected": 1}', 0, 0.0, 0.0, NULL),
 	('st_pay', 3, 3, 0, 0, 2, 0, 1, 1, 0, 0, 0, 0, '{"outcome_corrected": 1}', 0, 0.0, 0.0, NULL),
-	('st_read', 3, 4, 4, 1, 3, 1, 0, 0, 0, 0, 0, 0, '{"duplicate_side_effect": 1}', 1, 0.25, 0.25, NULL),
+	('st_read', 4, 5, 4, 1, 4, 1, 0, 0, 0, 0, 0, 0, '{"duplicate_side_effect": 1}', 1, 0.2, 0.2, NULL),
 	('st_tx', 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, '{}', 0, 0.0, 0.0, NULL),
 	('st_undo_once', 1, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, '{}', 0, 0.0, 0.0, 0.0),
 	('st_unbook', 1, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, '{}', 0, 0.0, 0.0, 1.0),
@@ -207,8 +210,8 @@ WHERE (s.first_attempts, s.executions, s.replays, s.retries, s.successes,
 ORDER BY 1;
 
 -- the hand count agrees with the operations: every attempt counted is one
--- of theirs (those made with track_stats off aside; the rolled-back one is
--- gone): 16 in all, 14 of them first attempts
+-- of theirs (those made with track_stats off aside), and the rolled-back
+-- one: 16 + 1 in all, 14 + 1 of them first attempts
 SELECT sum(attempts) AS attempts FROM agentretry.operations
 WHERE tenant = 'st' AND key NOT LIKE 'st-off%';
 SELECT sum(executions) AS executions, sum(first_attempts) AS first_attempts
