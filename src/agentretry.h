@@ -160,6 +160,7 @@ extern TupleDesc result_tupdesc(FunctionCallInfo fcinfo);
 /* validate.c: argument checks shared by the SQL-callable functions */
 extern char *arg_key(FunctionCallInfo fcinfo, int argno);
 extern char *arg_tenant(FunctionCallInfo fcinfo, int argno);
+extern int	arg_max(FunctionCallInfo fcinfo, int argno, int limit);
 extern char *arg_tool(FunctionCallInfo fcinfo, int argno);
 extern char *arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
 					  const char *dflt, int maxlen);

@@ -187,13 +187,7 @@ agentretry_reconcile(PG_FUNCTION_ARGS)
 	int			found;
 	ArSpi		spi;
 
-	check_not_null(fcinfo, 0, "max");
-	max = PG_GETARG_INT32(0);
-	if (max < 1 || max > RECONCILE_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max must be between 1 and %d", RECONCILE_MAX),
-				 errdetail("max is %d.", max)));
+	max = arg_max(fcinfo, 0, RECONCILE_MAX);
 	ar_spi_begin(&spi);
 	found = reconcile_round(GetCurrentTimestamp(), max, &more);
 	ar_spi_end(&spi);

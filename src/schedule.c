@@ -63,22 +63,6 @@ static ArPlan due_leases_plan = {
 	4, DUE_ARGTYPES
 };
 
-/* max: 1 to CLAIM_DUE_MAX */
-static int
-arg_max(FunctionCallInfo fcinfo, int argno, int limit)
-{
-	int			max;
-
-	check_not_null(fcinfo, argno, "max");
-	max = PG_GETARG_INT32(argno);
-	if (max < 1 || max > limit)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max must be between 1 and %d", limit),
-				 errdetail("max is %d.", max)));
-	return max;
-}
-
 /* tools: NULL for every tool, else an array without NULLs */
 static Datum
 arg_tools(FunctionCallInfo fcinfo, int argno, bool *isnull)
@@ -201,6 +185,21 @@ lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
 	return n;
 }
 
+/*
+ * What claim_due() and claim_verifications() lease for: owner (argument 0,
+ * default the session's role) and lease (argument 4, default the tool's).
+ */
+static void
+lease_request(FunctionCallInfo fcinfo, ClaimRequest *req)
+{
+	memset(req, 0, sizeof(*req));
+	req->owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
+	if (req->owner == NULL)
+		req->owner = GetUserNameFromId(GetOuterUserId(), false);
+	req->lease = arg_lease_usec(fcinfo, 4, "lease");
+	req->now = GetCurrentTimestamp();
+}
+
 PG_FUNCTION_INFO_V1(agentretry_claim_due);
 
 /*
@@ -233,12 +232,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	int			examined = 0;
 	ArSpi		spi;
 
-	memset(&req, 0, sizeof(req));
-	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
-	if (req.owner == NULL)
-		req.owner = GetUserNameFromId(GetOuterUserId(), false);
-	req.lease = arg_lease_usec(fcinfo, 4, "lease");
-	req.now = GetCurrentTimestamp();
+	lease_request(fcinfo, &req);
 
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);
@@ -336,12 +330,7 @@ agentretry_claim_verifications(PG_FUNCTION_ARGS)
 	uint64		i;
 	ArSpi		spi;
 
-	memset(&req, 0, sizeof(req));
-	req.owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
-	if (req.owner == NULL)
-		req.owner = GetUserNameFromId(GetOuterUserId(), false);
-	req.lease = arg_lease_usec(fcinfo, 4, "lease");
-	req.now = GetCurrentTimestamp();
+	lease_request(fcinfo, &req);
 
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);

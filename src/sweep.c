@@ -305,13 +305,7 @@ agentretry_sweep(PG_FUNCTION_ARGS)
 	int			i;
 	ArSpi		spi;
 
-	check_not_null(fcinfo, 0, "max");
-	max = PG_GETARG_INT32(0);
-	if (max < 1 || max > SWEEP_MAX)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("max must be between 1 and %d", SWEEP_MAX),
-				 errdetail("max is %d.", max)));
+	max = arg_max(fcinfo, 0, SWEEP_MAX);
 
 	ar_spi_begin(&spi);
 	saga_defer_begin();

@@ -167,3 +167,19 @@ arg_payload(FunctionCallInfo fcinfo, int argno, const char *what,
 				 errhint("Store large payloads elsewhere and pass a reference.")));
 	return j;
 }
+
+/* a batch size: 1 to limit */
+int
+arg_max(FunctionCallInfo fcinfo, int argno, int limit)
+{
+	int			max;
+
+	check_not_null(fcinfo, argno, "max");
+	max = PG_GETARG_INT32(argno);
+	if (max < 1 || max > limit)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("max must be between 1 and %d", limit),
+				 errdetail("max is %d.", max)));
+	return max;
+}
