@@ -80,14 +80,13 @@ arg_tools(FunctionCallInfo fcinfo, int argno, bool *isnull)
 	return PointerGetDatum(arr);
 }
 
-static void
-put_leased(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
-		   const ClaimAnswer *a)
-{
-	Datum		values[9];
-	bool		nulls[9];
+/* the columns claim_due() and claim_verifications() share: the first 9 */
+#define LEASED_NCOLUMNS 9
 
-	memset(nulls, false, sizeof(nulls));
+static void
+fill_leased(Datum *values, bool *nulls, const Operation *op, Datum args,
+			const ClaimAnswer *a)
+{
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(op->key);
 	values[2] = CStringGetTextDatum(op->tool);
@@ -99,6 +98,17 @@ put_leased(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
 	nulls[7] = op->run_id == NULL;
 	values[8] = op->step ? CStringGetTextDatum(op->step) : (Datum) 0;
 	nulls[8] = op->step == NULL;
+}
+
+static void
+put_leased(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
+		   const ClaimAnswer *a)
+{
+	Datum		values[LEASED_NCOLUMNS];
+	bool		nulls[LEASED_NCOLUMNS];
+
+	memset(nulls, false, sizeof(nulls));
+	fill_leased(values, nulls, op, args, a);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
@@ -269,21 +279,11 @@ static void
 put_verification(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
 				 TimestampTz since, const ClaimAnswer *a)
 {
-	Datum		values[13];
-	bool		nulls[13];
+	Datum		values[LEASED_NCOLUMNS + 4];
+	bool		nulls[LEASED_NCOLUMNS + 4];
 
 	memset(nulls, false, sizeof(nulls));
-	values[0] = CStringGetTextDatum(op->tenant);
-	values[1] = CStringGetTextDatum(op->key);
-	values[2] = CStringGetTextDatum(op->tool);
-	values[3] = args;
-	values[4] = Int32GetDatum(a->attempt);
-	values[5] = Int64GetDatum(a->lease_token);
-	values[6] = TimestampTzGetDatum(a->lease_expires_at);
-	values[7] = op->run_id ? CStringGetTextDatum(op->run_id) : (Datum) 0;
-	nulls[7] = op->run_id == NULL;
-	values[8] = op->step ? CStringGetTextDatum(op->step) : (Datum) 0;
-	nulls[8] = op->step == NULL;
+	fill_leased(values, nulls, op, args, a);
 	nulls[9] = op->failure_class < 0;
 	if (!nulls[9])
 		values[9] = label_enum_datum(TupleDescAttr(rsinfo->setDesc, 9)->atttypid,
