@@ -390,6 +390,116 @@ COMMENT ON FUNCTION agentretry.stats(interval, text) IS
 	'per tenant and tool over the last since: attempts, replays (duplicates prevented), retries, successes, verifications, dead-letters, denials, approvals, compensations, anomalies, rates, time to completion p50/p95';
 
 -- ---------------------------------------------------------------------------
+-- schedule_sweep and unschedule_sweep for an admin that is not a superuser
+-- ---------------------------------------------------------------------------
+-- pg_cron.  0.4.0 read cron.database_name with current_setting(), which
+-- fails with 42501 for a role without pg_read_all_settings (an admin that
+-- is not a superuser), and called pg_cron without checking the caller may.
+-- SECURITY INVOKER: the job belongs to, and runs as, the role that
+-- schedules it, which needs pg_cron's own privileges.  The statements
+-- run through EXECUTE with parameters so that this function can be created
+-- and called where the cron schema does not exist.  pg_cron overloads
+-- schedule and unschedule, hence to_regprocedure with the signature used.
+-- Where pg_cron runs (cron.database_name) is read through cron_database(),
+-- a SECURITY DEFINER function: reading a setting of another extension
+-- needs pg_read_all_settings, which an admin role need not have.
+CREATE FUNCTION agentretry.cron_database()
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN nullif(current_setting('cron.database_name', true), '');
+COMMENT ON FUNCTION agentretry.cron_database() IS
+	'the database pg_cron runs in (cron.database_name), NULL when pg_cron is not loaded';
+
+CREATE OR REPLACE FUNCTION agentretry.schedule_sweep(schedule text DEFAULT '* * * * *')
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	job_name text := 'agentretry-sweep:' || current_database();
+	cron_db text := agentretry.cron_database();
+	job bigint;
+BEGIN
+	IF schedule IS NULL THEN
+		RAISE EXCEPTION 'schedule must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	-- looking pg_cron up needs the use of its schema
+	IF to_regnamespace('cron') IS NOT NULL AND NOT has_schema_privilege('cron', 'USAGE') THEN
+		RAISE EXCEPTION 'role "%" may not use pg_cron', current_user
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = format('As a superuser, run GRANT USAGE ON SCHEMA cron TO %I; or schedule as a superuser: SELECT cron.schedule(%L, %L, %L);',
+								current_user, job_name, schedule, 'SELECT agentretry.sweep()');
+	END IF;
+	IF to_regprocedure('cron.schedule(text, text, text)') IS NULL THEN
+		IF cron_db IS NULL THEN
+			RAISE EXCEPTION 'pg_cron is not installed'
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Add pg_cron to shared_preload_libraries and CREATE EXTENSION pg_cron, or call agentretry.sweep() from another scheduler.';
+		ELSIF cron_db = current_database() THEN
+			RAISE EXCEPTION 'pg_cron is loaded but not created in this database'
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Run CREATE EXTENSION pg_cron in this database.';
+		ELSE
+			RAISE EXCEPTION 'pg_cron runs in database "%", not in this one', cron_db
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = format('Run in database %I: SELECT cron.schedule_in_database(%L, %L, %L, %L);',
+									cron_db, job_name, schedule, 'SELECT agentretry.sweep()',
+									current_database());
+		END IF;
+	END IF;
+	IF cron_db IS NULL OR cron_db = current_database() THEN
+		EXECUTE 'SELECT cron.schedule($1, $2, $3)'
+			INTO job USING job_name, schedule, 'SELECT agentretry.sweep()';
+	ELSE
+		EXECUTE 'SELECT cron.schedule_in_database($1, $2, $3, $4)'
+			INTO job USING job_name, schedule, 'SELECT agentretry.sweep()', current_database();
+	END IF;
+	RETURN job;
+END
+$$;
+COMMENT ON FUNCTION agentretry.schedule_sweep(text) IS
+	'schedule agentretry.sweep() with pg_cron (job "agentretry-sweep:<database>"); calling it again replaces the schedule';
+
+CREATE OR REPLACE FUNCTION agentretry.unschedule_sweep()
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	job_name text := 'agentretry-sweep:' || current_database();
+	cron_db text := agentretry.cron_database();
+	found boolean;
+BEGIN
+	IF to_regnamespace('cron') IS NOT NULL AND NOT has_schema_privilege('cron', 'USAGE') THEN
+		RAISE EXCEPTION 'role "%" may not use pg_cron', current_user
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = format('As a superuser, run GRANT USAGE ON SCHEMA cron TO %I; or SELECT cron.unschedule(%L);',
+								current_user, job_name);
+	END IF;
+	IF to_regprocedure('cron.unschedule(name)') IS NULL THEN
+		IF cron_db IS NULL OR cron_db = current_database() THEN
+			RAISE EXCEPTION 'pg_cron is not installed'
+				USING ERRCODE = 'object_not_in_prerequisite_state',
+					  HINT = 'Nothing was scheduled through pg_cron in this database.';
+		END IF;
+		RAISE EXCEPTION 'pg_cron runs in database "%", not in this one', cron_db
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = format('Run in database %I: SELECT cron.unschedule(%L);', cron_db, job_name);
+	END IF;
+	EXECUTE 'SELECT EXISTS (SELECT FROM cron.job WHERE jobname = $1 AND username = current_user)'
+		INTO found USING job_name;
+	IF found THEN
+		EXECUTE 'SELECT cron.unschedule($1)' USING job_name;
+	END IF;
+	RETURN found;
+END
+$$;
+COMMENT ON FUNCTION agentretry.unschedule_sweep() IS
+	'remove the pg_cron job of schedule_sweep(); false when there was none';
+
+-- ---------------------------------------------------------------------------
 -- privileges
 -- ---------------------------------------------------------------------------
 REVOKE ALL ON agentretry.anomalies, agentretry.stats_counts FROM PUBLIC;
@@ -404,8 +514,10 @@ REVOKE ALL ON FUNCTION
 	agentretry.stats_buckets(),
 	agentretry.stats_quantile(bigint[], double precision),
 	agentretry.stats_since(interval),
-	agentretry.stats(interval, text)
+	agentretry.stats(interval, text),
+	agentretry.cron_database()
 FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agentretry.cron_database() TO agentretry_admin;
 
 GRANT EXECUTE ON FUNCTION
 	agentretry.stats_buckets(),

@@ -789,6 +789,17 @@ COMMENT ON FUNCTION agentretry.sweep(integer) IS
 -- run through EXECUTE with parameters so that this function can be created
 -- and called where the cron schema does not exist.  pg_cron overloads
 -- schedule and unschedule, hence to_regprocedure with the signature used.
+-- Where pg_cron runs (cron.database_name) is read through cron_database(),
+-- a SECURITY DEFINER function: reading a setting of another extension
+-- needs pg_read_all_settings, which an admin role need not have.
+CREATE FUNCTION agentretry.cron_database()
+RETURNS text
+LANGUAGE sql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+RETURN nullif(current_setting('cron.database_name', true), '');
+COMMENT ON FUNCTION agentretry.cron_database() IS
+	'the database pg_cron runs in (cron.database_name), NULL when pg_cron is not loaded';
+
 CREATE FUNCTION agentretry.schedule_sweep(schedule text DEFAULT '* * * * *')
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE
@@ -796,15 +807,22 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	job_name text := 'agentretry-sweep:' || current_database();
-	cron_db text := current_setting('cron.database_name', true);
+	cron_db text := agentretry.cron_database();
 	job bigint;
 BEGIN
 	IF schedule IS NULL THEN
 		RAISE EXCEPTION 'schedule must not be null'
 			USING ERRCODE = 'null_value_not_allowed';
 	END IF;
+	-- looking pg_cron up needs the use of its schema
+	IF to_regnamespace('cron') IS NOT NULL AND NOT has_schema_privilege('cron', 'USAGE') THEN
+		RAISE EXCEPTION 'role "%" may not use pg_cron', current_user
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = format('As a superuser, run GRANT USAGE ON SCHEMA cron TO %I; or schedule as a superuser: SELECT cron.schedule(%L, %L, %L);',
+								current_user, job_name, schedule, 'SELECT agentretry.sweep()');
+	END IF;
 	IF to_regprocedure('cron.schedule(text, text, text)') IS NULL THEN
-		IF cron_db IS NULL OR cron_db = '' THEN
+		IF cron_db IS NULL THEN
 			RAISE EXCEPTION 'pg_cron is not installed'
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 					  HINT = 'Add pg_cron to shared_preload_libraries and CREATE EXTENSION pg_cron, or call agentretry.sweep() from another scheduler.';
@@ -840,11 +858,17 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
 	job_name text := 'agentretry-sweep:' || current_database();
-	cron_db text := current_setting('cron.database_name', true);
+	cron_db text := agentretry.cron_database();
 	found boolean;
 BEGIN
+	IF to_regnamespace('cron') IS NOT NULL AND NOT has_schema_privilege('cron', 'USAGE') THEN
+		RAISE EXCEPTION 'role "%" may not use pg_cron', current_user
+			USING ERRCODE = 'object_not_in_prerequisite_state',
+				  HINT = format('As a superuser, run GRANT USAGE ON SCHEMA cron TO %I; or SELECT cron.unschedule(%L);',
+								current_user, job_name);
+	END IF;
 	IF to_regprocedure('cron.unschedule(name)') IS NULL THEN
-		IF cron_db IS NULL OR cron_db = '' OR cron_db = current_database() THEN
+		IF cron_db IS NULL OR cron_db = current_database() THEN
 			RAISE EXCEPTION 'pg_cron is not installed'
 				USING ERRCODE = 'object_not_in_prerequisite_state',
 					  HINT = 'Nothing was scheduled through pg_cron in this database.';
@@ -863,6 +887,7 @@ END
 $$;
 COMMENT ON FUNCTION agentretry.unschedule_sweep() IS
 	'remove the pg_cron job of schedule_sweep(); false when there was none';
+
 
 -- ---------------------------------------------------------------------------
 -- budgets: retry budgets, kept in a transactional ledger (since 0.3.0)
@@ -1751,5 +1776,6 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.set_budget(text, agentretry.budget_scope, text, double precision, double precision, double precision, double precision, double precision, interval, integer, integer),
 	agentretry.drop_budget(text, agentretry.budget_scope, text),
 	agentretry.schedule_sweep(text),
-	agentretry.unschedule_sweep()
+	agentretry.unschedule_sweep(),
+	agentretry.cron_database()
 TO agentretry_admin;

@@ -416,6 +416,15 @@ SELECT op_try($$SELECT agentretry.schedule_sweep()$$);
 SELECT op_try($$SELECT agentretry.schedule_sweep('*/5 * * * *')$$);
 SELECT op_try($$SELECT agentretry.schedule_sweep(NULL)$$);
 SELECT op_try($$SELECT agentretry.unschedule_sweep()$$);
+-- the same answers for an admin that is not a superuser, who may not read
+-- cron.database_name itself (pg_read_all_settings): not 42501
+CREATE ROLE regress_ar_adm NOSUPERUSER;
+GRANT agentretry_admin TO regress_ar_adm;
+SET ROLE regress_ar_adm;
+SELECT agentretry.schedule_sweep();
+SELECT agentretry.unschedule_sweep();
+RESET ROLE;
+DROP ROLE regress_ar_adm;
 
 -- leave nothing behind for the files that follow
 DROP FUNCTION op_make(text, text, text), op_try(text), op_digest();

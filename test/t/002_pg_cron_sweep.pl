@@ -278,6 +278,48 @@ is( query($jobs_sql),
 	"$job|agentretry-sweep:postgres|* * * * *|SELECT agentretry.sweep()|postgres|t|t",
 	'only the job of database postgres is left');
 
+# ---------------------------------------------------------------------------
+# An admin that is not a superuser.  Reading cron.database_name needs
+# pg_read_all_settings, which such a role lacks: schedule_sweep must work,
+# or say what to do (55000 and its hint), never fail with 42501.
+# ---------------------------------------------------------------------------
+query(q{CREATE ROLE ar_admin LOGIN NOSUPERUSER; GRANT agentretry_admin TO ar_admin;});
+sub as_admin
+{
+	my ($sql, $db) = @_;
+	return query("SET ROLE ar_admin;\n$sql", $db);
+}
+my $all_jobs_sql = q{
+SELECT jobname, schedule, database, username FROM cron.job ORDER BY jobname, username};
+my $jobs_before = query($all_jobs_sql);
+
+like( as_admin(q{SELECT error_of($$SELECT agentretry.schedule_sweep()$$)}, 'other'),
+	qr/^55000\npg_cron runs in database "postgres", not in this one\nRun in database postgres: SELECT cron\.schedule_in_database\(/,
+	'an admin that is not a superuser, in another database: 55000 and the statement to run, not 42501');
+like( as_admin(q{SELECT error_of($$SELECT agentretry.unschedule_sweep()$$)}, 'other'),
+	qr/^55000\npg_cron runs in database "postgres", not in this one\nRun in database postgres: SELECT cron\.unschedule\(/,
+	'and unschedule_sweep: 55000 and the statement to run');
+is( as_admin(q{SELECT error_of($$SELECT agentretry.schedule_sweep()$$)}),
+	"55000\nrole \"ar_admin\" may not use pg_cron\n"
+	  . "As a superuser, run GRANT USAGE ON SCHEMA cron TO ar_admin; or schedule as a superuser: "
+	  . "SELECT cron.schedule('agentretry-sweep:postgres', '* * * * *', 'SELECT agentretry.sweep()');",
+	'in the pg_cron database, without the use of schema cron: 55000 and what to grant');
+is( as_admin(q{SELECT error_of($$SELECT agentretry.unschedule_sweep()$$)}),
+	"55000\nrole \"ar_admin\" may not use pg_cron\n"
+	  . "As a superuser, run GRANT USAGE ON SCHEMA cron TO ar_admin; or SELECT cron.unschedule('agentretry-sweep:postgres');",
+	'unschedule_sweep likewise');
+is(query($all_jobs_sql), $jobs_before, 'the refused calls changed no job');
+
+query(q{GRANT USAGE ON SCHEMA cron TO ar_admin;});
+like(as_admin(q{SELECT error_of($$SELECT agentretry.schedule_sweep('*/3 * * * *')$$)}),
+	qr/^ok: \d+$/, 'with the use of schema cron, the admin schedules the sweep');
+is( query($all_jobs_sql),
+	"agentretry-sweep:postgres|*/3 * * * *|postgres|ar_admin\n$jobs_before",
+	'the job belongs to the admin, beside the superuser\'s');
+is(as_admin(q{SELECT error_of($$SELECT agentretry.unschedule_sweep()$$)}),
+	'ok: true', 'and unschedules it');
+is(query($all_jobs_sql), $jobs_before, 'only the admin\'s job was removed');
+
 $node->stop;
 note sprintf('total: %.1f s', time - $t0);
 done_testing();
