@@ -390,6 +390,112 @@ COMMENT ON FUNCTION agentretry.stats(interval, text) IS
 	'per tenant and tool over the last since: attempts, replays (duplicates prevented), retries, successes, verifications, dead-letters, denials, approvals, compensations, anomalies, rates, time to completion p50/p95';
 
 -- ---------------------------------------------------------------------------
+-- set_budget accepts any positive capacity: a retry that no stripe can pay
+-- alone is paid from several (0.4.0 required capacity >= stripes x the
+-- largest cost, and stranded what was left in each stripe)
+-- ---------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION agentretry.set_budget(
+	tenant text,
+	scope agentretry.budget_scope,
+	subject text,
+	capacity double precision DEFAULT NULL,
+	refill_per_sec double precision DEFAULT 0,
+	cost_transient double precision DEFAULT 1,
+	cost_ambiguous double precision DEFAULT 2,
+	ratio double precision DEFAULT NULL,
+	ratio_window interval DEFAULT '1 minute',
+	ratio_floor integer DEFAULT 10,
+	stripes integer DEFAULT 4)
+RETURNS agentretry.budgets
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	r agentretry.budgets;
+	t text := coalesce(set_budget.tenant, 'default');
+	now timestamptz := clock_timestamp();
+BEGIN
+	IF scope IS NULL OR subject IS NULL OR refill_per_sec IS NULL OR cost_transient IS NULL
+	   OR cost_ambiguous IS NULL OR ratio_window IS NULL OR ratio_floor IS NULL OR stripes IS NULL THEN
+		RAISE EXCEPTION 'scope, subject, refill_per_sec, costs, ratio_window, ratio_floor and stripes must not be null'
+			USING ERRCODE = 'null_value_not_allowed';
+	END IF;
+	IF octet_length(t) NOT BETWEEN 1 AND 128 OR octet_length(subject) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant and subject must be 1 to 128 bytes long'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF scope = 'tenant' AND subject IS DISTINCT FROM t THEN
+		RAISE EXCEPTION 'the subject of a tenant budget is its tenant'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('tenant is %s, subject is %s.', t, subject);
+	END IF;
+	IF capacity IS NULL AND ratio IS NULL THEN
+		RAISE EXCEPTION 'a budget needs a capacity, a ratio, or both'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF capacity IS NOT NULL AND NOT (capacity > 0 AND capacity <= 1e9) THEN
+		RAISE EXCEPTION 'capacity must be positive and at most 1e9'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('capacity is %s.', capacity);
+	END IF;
+	IF NOT (refill_per_sec >= 0 AND refill_per_sec <= 1e9) THEN
+		RAISE EXCEPTION 'refill_per_sec must be between 0 and 1e9'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('refill_per_sec is %s.', refill_per_sec);
+	END IF;
+	IF NOT (cost_transient > 0 AND cost_transient <= 1e6 AND cost_ambiguous > 0 AND cost_ambiguous <= 1e6) THEN
+		RAISE EXCEPTION 'costs must be positive and at most 1e6'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF ratio IS NOT NULL AND NOT (ratio > 0 AND ratio <= 100) THEN
+		RAISE EXCEPTION 'ratio must be positive and at most 100'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('ratio is %s.', ratio);
+	END IF;
+	IF ratio_window NOT BETWEEN interval '1 second' AND interval '1 day' THEN
+		RAISE EXCEPTION 'ratio_window must be between 1 second and 1 day'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF ratio_floor < 0 THEN
+		RAISE EXCEPTION 'ratio_floor must not be negative'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF stripes NOT BETWEEN 1 AND 64 THEN
+		RAISE EXCEPTION 'stripes must be between 1 and 64'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	-- (any positive capacity: a retry that no stripe can pay alone is paid
+	-- from several, and one costing more than the capacity is never paid)
+
+	INSERT INTO agentretry.budgets AS b
+		(tenant, scope, subject, capacity, refill_per_sec, cost_transient, cost_ambiguous,
+		 ratio, ratio_window, ratio_floor, stripes)
+	VALUES
+		(t, set_budget.scope, set_budget.subject, set_budget.capacity, set_budget.refill_per_sec,
+		 set_budget.cost_transient, set_budget.cost_ambiguous, set_budget.ratio,
+		 set_budget.ratio_window, set_budget.ratio_floor, set_budget.stripes)
+	ON CONFLICT ON CONSTRAINT budgets_pkey DO UPDATE SET
+		capacity = excluded.capacity,
+		refill_per_sec = excluded.refill_per_sec,
+		cost_transient = excluded.cost_transient,
+		cost_ambiguous = excluded.cost_ambiguous,
+		ratio = excluded.ratio,
+		ratio_window = excluded.ratio_window,
+		ratio_floor = excluded.ratio_floor,
+		stripes = excluded.stripes,
+		updated_at = now
+	RETURNING b.* INTO r;
+
+	-- replacing a budget starts it full, with fresh counters
+	DELETE FROM agentretry.budget_stripes s
+	WHERE s.tenant = r.tenant AND s.scope = r.scope AND s.subject = r.subject;
+	INSERT INTO agentretry.budget_stripes (tenant, scope, subject, stripe, tokens, refilled_at, win_start)
+	SELECT r.tenant, r.scope, r.subject, i, coalesce(r.capacity / r.stripes, 0), now, now
+	FROM generate_series(0, r.stripes - 1) AS i;
+	RETURN r;
+END
+$$;
+COMMENT ON FUNCTION agentretry.set_budget(text, agentretry.budget_scope, text, double precision, double precision, double precision, double precision, double precision, interval, integer, integer) IS
+	'set or replace a retry budget for a tenant, an owner (scope user) or a tool; it starts full';
+
+-- ---------------------------------------------------------------------------
 -- schedule_sweep and unschedule_sweep for an admin that is not a superuser
 -- ---------------------------------------------------------------------------
 -- pg_cron.  0.4.0 read cron.database_name with current_setting(), which

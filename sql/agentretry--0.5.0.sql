@@ -1060,14 +1060,8 @@ BEGIN
 		RAISE EXCEPTION 'stripes must be between 1 and 64'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
-	-- a retry is paid from one stripe: each must be able to hold the dearest
-	IF capacity IS NOT NULL AND capacity / stripes < greatest(cost_transient, cost_ambiguous) THEN
-		RAISE EXCEPTION 'capacity must be at least stripes times the largest cost'
-			USING ERRCODE = 'invalid_parameter_value',
-				  DETAIL = format('capacity %s over %s stripes cannot pay a retry costing %s.',
-								  capacity, stripes, greatest(cost_transient, cost_ambiguous)),
-				  HINT = 'Raise capacity or lower stripes.';
-	END IF;
+	-- (any positive capacity: a retry that no stripe can pay alone is paid
+	-- from several, and one costing more than the capacity is never paid)
 
 	INSERT INTO agentretry.budgets AS b
 		(tenant, scope, subject, capacity, refill_per_sec, cost_transient, cost_ambiguous,

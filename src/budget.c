@@ -25,7 +25,10 @@
  * stripe may still have tokens; it is then scheduled a second later
  * (budget_wait), when the holder will most likely have ended, and checked
  * again.  This needs a nearly empty budget and as many concurrent payers
- * as stripes.
+ * as stripes.  When no free stripe can pay alone, the cost is gathered
+ * from the free stripes together (gather()): no token is stranded in a
+ * stripe whose share is not a multiple of the cost, so a budget of N
+ * admits exactly N worth of retries.
  *
  * Token buckets refill lazily: a stripe stores its tokens as of
  * refilled_at and gains refill_per_sec / stripes per second, up to
@@ -87,12 +90,21 @@ typedef struct Budget
 	int			stripes;
 } Budget;
 
-/* what debiting one budget did: the stripe it paid from, and the totals */
+#define MAX_STRIPES 64			/* budget_stripes.stripe: 0 .. stripes - 1 */
+
+/*
+ * What debiting one budget did: the stripe it counted the retry on (and
+ * paid from), the stripes it gathered tokens from when no single stripe
+ * could pay (see gather()), and the totals.
+ */
 typedef struct Debit
 {
 	const Budget *b;
 	double		cost;
 	int			stripe;
+	int			ngathered;		/* 0: cost paid from stripe alone */
+	int			gathered_stripe[MAX_STRIPES];
+	double		gathered[MAX_STRIPES];
 	double		balance;		/* all stripes, refilled, after the debit */
 	double		firsts;			/* sliding counts, all stripes, after it */
 	double		retries;
@@ -318,6 +330,33 @@ static ArPlan debit_plan = {
 	FLOAT8OID, INT4OID, INTERVALOID, INT4OID, INT4OID}
 };
 
+/*
+ * The next stripe of the budget ($1-$3) that has tokens, that nobody else
+ * holds and that is not among $8 (those taken already), in the order
+ * debit() tries them ($9 the stripe to start from), locked, with its
+ * tokens as of now ($4 now, $5 capacity, $6 refill, $7 stripes).
+ */
+static ArPlan gather_next_plan = {
+	"SELECT x.stripe, " STRIPE_AVAILABLE("x") "::float8"
+	" FROM agentretry.budget_stripes x"
+	" WHERE x.tenant = $1 AND x.scope = $2::agentretry.budget_scope AND x.subject = $3"
+	" AND " STRIPE_AVAILABLE("x") " > 0 AND x.stripe <> ALL ($8)"
+	" ORDER BY (x.stripe + $9) % $7 LIMIT 1 FOR UPDATE SKIP LOCKED",
+	9, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID,
+	INT4ARRAYOID, INT4OID}
+};
+
+/* take $8 tokens from stripe $9 (locked by this transaction), refilled to now */
+static ArPlan gather_take_plan = {
+	"UPDATE agentretry.budget_stripes s SET"
+	" tokens = " STRIPE_AVAILABLE("s") " - $8,"
+	" refilled_at = greatest(s.refilled_at, $4)"
+	" WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
+	" AND s.subject = $3 AND s.stripe = $9",
+	9, {TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID,
+	FLOAT8OID, INT4OID}
+};
+
 /* add the other stripes' tokens, first attempts and retries to d's */
 static void
 add_others(Debit *d, ArrayType *others)
@@ -336,10 +375,73 @@ add_others(Debit *d, ArrayType *others)
 }
 
 /*
+ * Pay cost from several stripes nobody else holds (gather_next_plan), when no
+ * single one can: a stripe's share of the capacity need not be a multiple
+ * of the cost (capacity 50 over 4 stripes is 12.5 each), and what is left
+ * in each must still be spent, so that a budget of N admits exactly N
+ * worth of retries.  Stripes are locked one at a time, in the order
+ * debit() tries them, only until they hold the cost, so that concurrent
+ * payers keep the others.  They stay locked by this transaction, and what
+ * each gave is kept in d, to be given back by refund().  Returns false,
+ * changing nothing (the stripes it locked stay locked until the end of
+ * the transaction), when the free stripes have less than cost together.
+ */
+static bool
+gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
+	   Debit *d)
+{
+	Datum		values[9];
+	Datum		taken[MAX_STRIPES];
+	double		have = 0;
+	int			n = 0;
+	int			i;
+	bool		isnull;
+
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(b->scope);
+	values[2] = CStringGetTextDatum(b->subject);
+	values[3] = TimestampTzGetDatum(now);
+	values[4] = Float8GetDatum(b->capacity);
+	values[5] = Float8GetDatum(b->refill);
+	values[6] = Int32GetDatum(b->stripes);
+	values[8] = Int32GetDatum(MyProcPid % b->stripes);
+
+	/* lock stripes one at a time, only as many as the cost needs */
+	while (have < cost && n < MAX_STRIPES)
+	{
+		HeapTuple	tup;
+
+		values[7] = PointerGetDatum(construct_array(taken, n, INT4OID, sizeof(int32),
+													true, TYPALIGN_INT));
+		if (ar_run(&gather_next_plan, values, NULL, false) == 0)
+			return false;
+		tup = SPI_tuptable->vals[0];
+		d->gathered_stripe[n] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+		d->gathered[n] = DatumGetFloat8(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+		taken[n] = Int32GetDatum(d->gathered_stripe[n]);
+		have += d->gathered[n];
+		n++;
+	}
+	if (have < cost)
+		return false;
+	/* the last stripe gives only what is still owed */
+	d->gathered[n - 1] -= have - cost;
+	for (i = 0; i < n; i++)
+	{
+		values[7] = Float8GetDatum(d->gathered[i]);
+		values[8] = Int32GetDatum(d->gathered_stripe[i]);
+		ar_run(&gather_take_plan, values, NULL, false);
+	}
+	d->ngathered = n;
+	return true;
+}
+
+/*
  * Debit one budget: pay cost (0 for a budget without bucket, or to only
  * count) and count first attempts and retries, in one statement, from a
- * stripe nobody else holds.  Returns false, changing nothing, when none
- * can.
+ * stripe nobody else holds; or, when no single stripe can pay, gather the
+ * cost from several and count on one.  Returns false, changing nothing,
+ * when none can.
  *
  * It never waits for a stripe: a transaction that already holds one
  * stripe (an earlier retry it paid) and waited for another could deadlock
@@ -371,8 +473,17 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	values[10] = Int32GetDatum(firsts);
 	values[11] = Int32GetDatum(retries);
 
+	d->ngathered = 0;
 	if (ar_run(&debit_plan, values, NULL, false) == 0)
-		return false;
+	{
+		/* no stripe alone could pay: the free ones together may */
+		if (!b->has_bucket || cost <= 0 || !gather(op, b, cost, now, d))
+			return false;
+		/* count the retry on a stripe, paying nothing more */
+		values[7] = Float8GetDatum(0);
+		if (ar_run(&debit_plan, values, NULL, false) == 0)
+			elog(ERROR, "agentretry: a budget stripe vanished while locked");
+	}
 	tup = SPI_tuptable->vals[0];
 	desc = SPI_tuptable->tupdesc;
 	d->b = b;
@@ -393,19 +504,31 @@ static ArPlan refund_plan = {
 	6, {TEXTOID, TEXTOID, TEXTOID, INT4OID, FLOAT8OID, INT4OID}
 };
 
-/* Give a debit back (its stripe is still locked by this transaction). */
+/*
+ * Give a debit back (its stripes are still locked by this transaction):
+ * the tokens to the stripes that gave them, the retry's count to the
+ * stripe that counted it.
+ */
 static void
 refund(const Operation *op, const Debit *d)
 {
 	Datum		values[6];
+	int			i;
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(d->b->scope);
 	values[2] = CStringGetTextDatum(d->b->subject);
 	values[3] = Int32GetDatum(d->stripe);
-	values[4] = Float8GetDatum(d->cost);
+	values[4] = Float8GetDatum(d->ngathered > 0 ? 0 : d->cost);
 	values[5] = Int32GetDatum(1);
 	ar_run(&refund_plan, values, NULL, false);
+	for (i = 0; i < d->ngathered; i++)
+	{
+		values[3] = Int32GetDatum(d->gathered_stripe[i]);
+		values[4] = Float8GetDatum(d->gathered[i]);
+		values[5] = Int32GetDatum(0);
+		ar_run(&refund_plan, values, NULL, false);
+	}
 }
 
 /*
@@ -574,16 +697,19 @@ run_refund(const Operation *op)
 	ar_run(&run_refund_plan, values, NULL, false);
 }
 
-/* when a bucket that could not pay `cost` will be able to: its fullest stripe's refill */
+/*
+ * When a bucket that could not pay `cost` will be able to: its stripes
+ * refill together (each its share of the rate), and a debit may gather
+ * from all of them.
+ */
 static TimestampTz
-refill_time(const Budget *b, double cost, double best_stripe, TimestampTz now)
+refill_time(const Budget *b, double cost, double tokens, TimestampTz now)
 {
-	double		per_stripe = b->refill / b->stripes;
 	double		seconds;
 
-	if (per_stripe <= 0)
+	if (b->refill <= 0)
 		return TS_NONE;
-	seconds = (cost - best_stripe) / per_stripe;
+	seconds = (cost - tokens) / b->refill;
 	if (seconds < 0)
 		seconds = 0;
 	return ts_add_usec(now, (int64) ceil(seconds * USECS_PER_SEC));
@@ -647,16 +773,20 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 		}
 		else
 		{
-			double		best = fullest_stripe(op, b, now, &tokens);
+			(void) fullest_stripe(op, b, now, &tokens);
 
 			/*
-			 * A stripe that could pay but is held by a running transaction
-			 * is known after it ends: look again in a second, rather than
-			 * wait for a lock or give up for good.
+			 * Tokens that could pay but are held by running transactions
+			 * are known after they end: look again in a second, rather
+			 * than wait for a lock or give up for good.  A cost over the
+			 * capacity is never paid.
 			 */
 			*reason = "denied_tokens";
-			*retry_at = best >= cost ? ts_add_usec(now, USECS_PER_SEC) :
-				refill_time(b, cost, best, now);
+			if (cost > b->capacity)
+				*retry_at = TS_NONE;
+			else
+				*retry_at = tokens >= cost ? ts_add_usec(now, USECS_PER_SEC) :
+					refill_time(b, cost, tokens, now);
 		}
 		for (j = 0; j < i; j++)
 			refund(op, &debits[j]);
