@@ -66,6 +66,7 @@
 #include "utils/lsyscache.h"
 #include "utils/hsearch.h"
 #include "utils/memutils.h"
+#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "budget.h"
@@ -383,8 +384,8 @@ add_others(Debit *d, ArrayType *others)
  * debit() tries them, only until they hold the cost, so that concurrent
  * payers keep the others.  They stay locked by this transaction, and what
  * each gave is kept in d, to be given back by refund().  Returns false,
- * changing nothing (the stripes it locked stay locked until the end of
- * the transaction), when the free stripes have less than cost together.
+ * changing and holding nothing, when the free stripes have less than cost
+ * together.
  */
 static bool
 gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
@@ -396,6 +397,8 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	int			n = 0;
 	int			i;
 	bool		isnull;
+	MemoryContext cxt = CurrentMemoryContext;
+	ResourceOwner owner = CurrentResourceOwner;
 
 	values[0] = CStringGetTextDatum(op->tenant);
 	values[1] = CStringGetTextDatum(b->scope);
@@ -406,7 +409,14 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	values[6] = Int32GetDatum(b->stripes);
 	values[8] = Int32GetDatum(MyProcPid % b->stripes);
 
-	/* lock stripes one at a time, only as many as the cost needs */
+	/*
+	 * Lock stripes one at a time, only as many as the cost needs, in a
+	 * subtransaction: if together they cannot pay, rolling it back lets go
+	 * of them at once, so that a denied retry does not keep stripes from
+	 * others (first attempts counting on them, payers) until it commits.
+	 */
+	BeginInternalSubTransaction(NULL);
+	MemoryContextSwitchTo(cxt);
 	while (have < cost && n < MAX_STRIPES)
 	{
 		HeapTuple	tup;
@@ -414,7 +424,7 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 		values[7] = PointerGetDatum(construct_array(taken, n, INT4OID, sizeof(int32),
 													true, TYPALIGN_INT));
 		if (ar_run(&gather_next_plan, values, NULL, false) == 0)
-			return false;
+			break;
 		tup = SPI_tuptable->vals[0];
 		d->gathered_stripe[n] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
 		d->gathered[n] = DatumGetFloat8(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
@@ -423,7 +433,12 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 		n++;
 	}
 	if (have < cost)
+	{
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
 		return false;
+	}
 	/* the last stripe gives only what is still owed */
 	d->gathered[n - 1] -= have - cost;
 	for (i = 0; i < n; i++)
@@ -432,6 +447,9 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 		values[8] = Int32GetDatum(d->gathered_stripe[i]);
 		ar_run(&gather_take_plan, values, NULL, false);
 	}
+	ReleaseCurrentSubTransaction();
+	MemoryContextSwitchTo(cxt);
+	CurrentResourceOwner = owner;
 	d->ngathered = n;
 	return true;
 }
