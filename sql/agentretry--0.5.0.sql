@@ -357,16 +357,21 @@ CREATE TABLE agentretry.operations (
 	completed_at timestamptz,
 	expires_at timestamptz,
 	-- added by updates (ALTER TABLE ... ADD COLUMN), hence last: state_since
-	-- by 0.2.0, compensation_of and compensating by 0.4.0, receipt,
-	-- observed_receipt and reconcile_at by 0.5.0
+	-- by 0.2.0, compensation_of and compensating by 0.4.0 (compensating below),
+	-- receipt, observed_receipt and reconcile_at by 0.5.0 (below)
 	state_since timestamptz,
 	compensation_of text,
-	compensating boolean NOT NULL DEFAULT false,
-	receipt text,
-	observed_receipt text,
-	reconcile_at timestamptz,
 	PRIMARY KEY (tenant, key)
 );
+-- compensating is added as the update to 0.4.0 adds it (ADD COLUMN with a
+-- default), so that it has the same "missing value" in the catalog
+-- (pg_attribute.attmissingval, which pg_dump --binary-upgrade carries);
+-- then the columns of 0.5.0, in their order
+ALTER TABLE agentretry.operations ADD COLUMN compensating boolean NOT NULL DEFAULT false;
+ALTER TABLE agentretry.operations
+	ADD COLUMN receipt text,
+	ADD COLUMN observed_receipt text,
+	ADD COLUMN reconcile_at timestamptz;
 COMMENT ON TABLE agentretry.operations IS
 	'one row per idempotency key: state, lease and fencing token, attempts, last failure, receipt';
 COMMENT ON COLUMN agentretry.operations.lease_token IS
