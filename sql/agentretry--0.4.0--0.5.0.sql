@@ -264,16 +264,28 @@ COMMENT ON FUNCTION agentretry.flush_stats() IS
 	'write the counts this session holds in memory to stats_counts now; returns the rows written';
 
 -- The p-quantile of a completion_hist, interpolated within its bucket
--- (the open last bucket answers its lower bound).
+-- (the open last bucket answers its lower bound); NULL for an empty one.
 CREATE FUNCTION agentretry.stats_quantile(hist bigint[], p double precision)
 RETURNS interval
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-	SELECT pg_catalog.make_interval(secs =>
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result interval;
+BEGIN
+	IF p IS NULL THEN
+		RETURN NULL;
+	END IF;
+	IF NOT (p >= 0 AND p <= 1) THEN
+		RAISE EXCEPTION 'p must be between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('p is %s.', p);
+	END IF;
+	SELECT make_interval(secs =>
 		CASE WHEN b.hi = 'Infinity' THEN b.lo
 			 ELSE b.lo + (b.hi - b.lo) * (b.target - b.below) / b.n END)
+	INTO result
 	FROM (SELECT h.n, h.hi,
-				 coalesce(pg_catalog.lag(h.hi) OVER (ORDER BY h.i), 0) AS lo,
+				 coalesce(lag(h.hi) OVER (ORDER BY h.i), 0) AS lo,
 				 coalesce(sum(h.n) OVER (ORDER BY h.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS below,
 				 sum(h.n) OVER (ORDER BY h.i) AS upto,
 				 p * sum(h.n) OVER () AS target
@@ -281,17 +293,22 @@ BEGIN ATOMIC
 	WHERE b.n > 0 AND b.upto >= b.target
 	ORDER BY b.upto
 	LIMIT 1;
-END;
+	RETURN result;
+END
+$$;
 COMMENT ON FUNCTION agentretry.stats_quantile(bigint[], double precision) IS
 	'the p-quantile of a time-to-completion histogram, interpolated within its bucket';
 
--- The start of stats()'s window, after checking since and writing this
--- session's counts.
-CREATE FUNCTION agentretry.stats_since(since interval)
+-- The start of stats()'s window, after checking since and tenant and
+-- writing this session's counts.  A window reaching before any timestamp
+-- starts at -infinity.
+CREATE FUNCTION agentretry.stats_since(since interval, tenant text DEFAULT NULL)
 RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	start timestamptz;
 BEGIN
 	IF since IS NULL THEN
 		RAISE EXCEPTION 'since must not be null' USING ERRCODE = '22004';
@@ -300,12 +317,21 @@ BEGIN
 		RAISE EXCEPTION 'since must not be negative'
 			USING ERRCODE = '22023', DETAIL = format('since is %s.', since);
 	END IF;
+	IF tenant IS NOT NULL AND octet_length(tenant) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
+			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
+	END IF;
 	PERFORM agentretry.flush_stats();
-	RETURN clock_timestamp() - since;
+	BEGIN
+		start := clock_timestamp() - since;
+	EXCEPTION WHEN datetime_field_overflow THEN
+		start := '-infinity';
+	END;
+	RETURN start;
 END
 $$;
-COMMENT ON FUNCTION agentretry.stats_since(interval) IS
-	'the start of stats()''s window: checks since and writes this session''s counts first';
+COMMENT ON FUNCTION agentretry.stats_since(interval, text) IS
+	'the start of stats()''s window: checks since and tenant and writes this session''s counts first';
 
 -- stats(): what retries did, per tenant and tool, over the last `since`
 -- (whole minutes: a minute that began within the window counts).  This
@@ -327,9 +353,9 @@ RETURNS TABLE (tenant text, tool text,
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT agentretry.stats_since(since);
+SELECT agentretry.stats_since(since, tenant);
 WITH w AS (
-	SELECT agentretry.stats_since(since) AS start),
+	SELECT agentretry.stats_since(since, tenant) AS start),
 c AS (
 	SELECT s.tenant, s.tool,
 		   sum(s.first_attempts)::bigint AS first_attempts,
@@ -392,6 +418,67 @@ COMMENT ON FUNCTION agentretry.stats(interval, text) IS
 -- claim_due without a tenant serves every tenant, round-robin
 COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval) IS
 	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold; without a tenant, of every tenant, round-robin';
+
+-- check_policy refuses "*" as a compensate_tool, like a tool name
+CREATE OR REPLACE FUNCTION agentretry.check_policy(
+	max_attempts integer,
+	base_delay interval,
+	max_delay interval,
+	multiplier double precision,
+	deadline interval,
+	lease interval,
+	ttl interval,
+	compensate_tool text)
+RETURNS void
+LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+	IF max_attempts IS NOT NULL AND max_attempts < 1 THEN
+		RAISE EXCEPTION 'max_attempts must be at least 1'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('max_attempts is %s.', max_attempts);
+	END IF;
+	-- intervals are bounded so that now + interval can never overflow
+	IF base_delay IS NOT NULL AND base_delay NOT BETWEEN interval '0' AND interval '100 years' THEN
+		RAISE EXCEPTION 'base_delay must be between 0 and 100 years'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF max_delay IS NOT NULL AND max_delay NOT BETWEEN interval '0' AND interval '100 years' THEN
+		RAISE EXCEPTION 'max_delay must be between 0 and 100 years'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF base_delay IS NOT NULL AND max_delay IS NOT NULL AND max_delay < base_delay THEN
+		RAISE EXCEPTION 'max_delay must not be less than base_delay'
+			USING ERRCODE = 'invalid_parameter_value',
+				  DETAIL = format('base_delay is %s, max_delay is %s.', base_delay, max_delay);
+	END IF;
+	IF multiplier IS NOT NULL AND (multiplier < 1 OR multiplier = 'NaN'::float8 OR multiplier = 'Infinity'::float8) THEN
+		RAISE EXCEPTION 'multiplier must be a finite number of at least 1'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF deadline IS NOT NULL AND (deadline <= interval '0' OR deadline > interval '100 years') THEN
+		RAISE EXCEPTION 'deadline must be positive and at most 100 years'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF lease IS NOT NULL AND lease NOT BETWEEN interval '1 second' AND interval '1 day' THEN
+		RAISE EXCEPTION 'lease must be between 1 second and 1 day'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('lease is %s.', lease);
+	END IF;
+	IF ttl IS NOT NULL AND (ttl <= interval '0' OR ttl > interval '100 years') THEN
+		RAISE EXCEPTION 'ttl must be positive and at most 100 years'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF compensate_tool IS NOT NULL AND octet_length(compensate_tool) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'compensate_tool must be 1 to 128 bytes long'
+			USING ERRCODE = 'invalid_parameter_value';
+	END IF;
+	IF compensate_tool = '*' THEN
+		RAISE EXCEPTION 'tool name "*" is reserved'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'In tenant policies "*" stands for every tool of the tenant.';
+	END IF;
+END
+$$;
 
 -- ---------------------------------------------------------------------------
 -- set_budget accepts any positive capacity: a retry that no stripe can pay
@@ -623,7 +710,7 @@ REVOKE ALL ON FUNCTION
 	agentretry.flush_stats(),
 	agentretry.stats_buckets(),
 	agentretry.stats_quantile(bigint[], double precision),
-	agentretry.stats_since(interval),
+	agentretry.stats_since(interval, text),
 	agentretry.stats(interval, text),
 	agentretry.cron_database()
 FROM PUBLIC;
@@ -649,7 +736,7 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.observe(text, text, text, text, jsonb),
 	agentretry.reconcile(integer),
 	agentretry.acknowledge(bigint, text),
-	agentretry.stats_since(interval),
+	agentretry.stats_since(interval, text),
 	agentretry.stats(interval, text)
 TO agentretry_operator;
 GRANT SELECT ON agentretry.anomalies, agentretry.stats_counts TO agentretry_operator;

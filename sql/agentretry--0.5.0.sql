@@ -235,6 +235,11 @@ BEGIN
 		RAISE EXCEPTION 'compensate_tool must be 1 to 128 bytes long'
 			USING ERRCODE = 'invalid_parameter_value';
 	END IF;
+	IF compensate_tool = '*' THEN
+		RAISE EXCEPTION 'tool name "*" is reserved'
+			USING ERRCODE = 'invalid_parameter_value',
+				  HINT = 'In tenant policies "*" stands for every tool of the tenant.';
+	END IF;
 END
 $$;
 COMMENT ON FUNCTION agentretry.check_policy(integer, interval, interval, double precision, interval, interval, interval, text) IS
@@ -1563,16 +1568,28 @@ COMMENT ON FUNCTION agentretry.flush_stats() IS
 	'write the counts this session holds in memory to stats_counts now; returns the rows written';
 
 -- The p-quantile of a completion_hist, interpolated within its bucket
--- (the open last bucket answers its lower bound).
+-- (the open last bucket answers its lower bound); NULL for an empty one.
 CREATE FUNCTION agentretry.stats_quantile(hist bigint[], p double precision)
 RETURNS interval
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-BEGIN ATOMIC
-	SELECT pg_catalog.make_interval(secs =>
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	result interval;
+BEGIN
+	IF p IS NULL THEN
+		RETURN NULL;
+	END IF;
+	IF NOT (p >= 0 AND p <= 1) THEN
+		RAISE EXCEPTION 'p must be between 0 and 1'
+			USING ERRCODE = 'invalid_parameter_value', DETAIL = format('p is %s.', p);
+	END IF;
+	SELECT make_interval(secs =>
 		CASE WHEN b.hi = 'Infinity' THEN b.lo
 			 ELSE b.lo + (b.hi - b.lo) * (b.target - b.below) / b.n END)
+	INTO result
 	FROM (SELECT h.n, h.hi,
-				 coalesce(pg_catalog.lag(h.hi) OVER (ORDER BY h.i), 0) AS lo,
+				 coalesce(lag(h.hi) OVER (ORDER BY h.i), 0) AS lo,
 				 coalesce(sum(h.n) OVER (ORDER BY h.i ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS below,
 				 sum(h.n) OVER (ORDER BY h.i) AS upto,
 				 p * sum(h.n) OVER () AS target
@@ -1580,17 +1597,22 @@ BEGIN ATOMIC
 	WHERE b.n > 0 AND b.upto >= b.target
 	ORDER BY b.upto
 	LIMIT 1;
-END;
+	RETURN result;
+END
+$$;
 COMMENT ON FUNCTION agentretry.stats_quantile(bigint[], double precision) IS
 	'the p-quantile of a time-to-completion histogram, interpolated within its bucket';
 
--- The start of stats()'s window, after checking since and writing this
--- session's counts.
-CREATE FUNCTION agentretry.stats_since(since interval)
+-- The start of stats()'s window, after checking since and tenant and
+-- writing this session's counts.  A window reaching before any timestamp
+-- starts at -infinity.
+CREATE FUNCTION agentretry.stats_since(since interval, tenant text DEFAULT NULL)
 RETURNS timestamptz
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+	start timestamptz;
 BEGIN
 	IF since IS NULL THEN
 		RAISE EXCEPTION 'since must not be null' USING ERRCODE = '22004';
@@ -1599,12 +1621,21 @@ BEGIN
 		RAISE EXCEPTION 'since must not be negative'
 			USING ERRCODE = '22023', DETAIL = format('since is %s.', since);
 	END IF;
+	IF tenant IS NOT NULL AND octet_length(tenant) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
+			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
+	END IF;
 	PERFORM agentretry.flush_stats();
-	RETURN clock_timestamp() - since;
+	BEGIN
+		start := clock_timestamp() - since;
+	EXCEPTION WHEN datetime_field_overflow THEN
+		start := '-infinity';
+	END;
+	RETURN start;
 END
 $$;
-COMMENT ON FUNCTION agentretry.stats_since(interval) IS
-	'the start of stats()''s window: checks since and writes this session''s counts first';
+COMMENT ON FUNCTION agentretry.stats_since(interval, text) IS
+	'the start of stats()''s window: checks since and tenant and writes this session''s counts first';
 
 -- stats(): what retries did, per tenant and tool, over the last `since`
 -- (whole minutes: a minute that began within the window counts).  This
@@ -1626,9 +1657,9 @@ RETURNS TABLE (tenant text, tool text,
 LANGUAGE sql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
-SELECT agentretry.stats_since(since);
+SELECT agentretry.stats_since(since, tenant);
 WITH w AS (
-	SELECT agentretry.stats_since(since) AS start),
+	SELECT agentretry.stats_since(since, tenant) AS start),
 c AS (
 	SELECT s.tenant, s.tool,
 		   sum(s.first_attempts)::bigint AS first_attempts,
@@ -1757,7 +1788,7 @@ GRANT EXECUTE ON FUNCTION
 	agentretry.observe(text, text, text, text, jsonb),
 	agentretry.reconcile(integer),
 	agentretry.acknowledge(bigint, text),
-	agentretry.stats_since(interval),
+	agentretry.stats_since(interval, text),
 	agentretry.stats(interval, text)
 TO agentretry_operator;
 GRANT SELECT ON agentretry.operations, agentretry.events, agentretry.token_floors,

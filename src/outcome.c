@@ -155,6 +155,11 @@ agentretry_complete(PG_FUNCTION_ARGS)
 	result = arg_payload(fcinfo, 2, "result", false);
 	op.tenant = arg_tenant(fcinfo, 3);
 	compensate_tool = arg_name(fcinfo, 4, "compensate_tool", NULL, AR_MAX_NAME_LEN);
+	if (compensate_tool != NULL && strcmp(compensate_tool, "*") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("tool name \"*\" is reserved"),
+				 errhint("In tenant policies \"*\" stands for every tool of the tenant.")));
 	compensate_args = arg_payload(fcinfo, 5, "compensate_args", false);
 	/*
 	 * called through the definition of an older version (before ALTER

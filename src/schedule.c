@@ -63,11 +63,14 @@ static ArPlan due_leases_plan = {
 	4, DUE_ARGTYPES
 };
 
-/* tools: NULL for every tool, else an array without NULLs */
+/* tools: NULL for every tool, else an array of tool names, without NULLs */
 static Datum
 arg_tools(FunctionCallInfo fcinfo, int argno, bool *isnull)
 {
 	ArrayType  *arr;
+	Datum	   *names;
+	int			n;
+	int			i;
 
 	*isnull = PG_ARGISNULL(argno);
 	if (*isnull)
@@ -77,6 +80,17 @@ arg_tools(FunctionCallInfo fcinfo, int argno, bool *isnull)
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("tools must not contain NULL")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &names, NULL, &n);
+	for (i = 0; i < n; i++)
+	{
+		int			len = VARSIZE_ANY_EXHDR(DatumGetPointer(names[i]));
+
+		if (len < 1 || len > AR_MAX_NAME_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("tool must be 1 to %d bytes long", AR_MAX_NAME_LEN),
+					 errdetail("An element of tools is %d bytes long.", len)));
+	}
 	return PointerGetDatum(arr);
 }
 

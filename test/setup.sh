@@ -17,11 +17,13 @@ AR_PACKAGES=(
 
 # Packages that come with a service of their own, of which only the program
 # is used: test/t/005_exporter.pl starts /usr/bin/prometheus-postgres-exporter
-# itself, on a port of its own.  They are installed with service starts
-# denied (policy-rc.d) and their unit disabled, so that no exporter of the
-# package's runs on a developer's machine.
+# and test/t/006_pgbouncer.pl starts /usr/sbin/pgbouncer itself, each on a
+# port of its own.  They are installed with service starts denied
+# (policy-rc.d) and their unit disabled, so that no exporter or pooler of
+# the package's runs on a developer's machine.
 AR_SERVICE_PACKAGES=(
 	prometheus-postgres-exporter
+	pgbouncer
 )
 
 ar_missing_packages() {
