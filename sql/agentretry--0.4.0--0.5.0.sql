@@ -415,10 +415,6 @@ $$;
 COMMENT ON FUNCTION agentretry.stats(interval, text) IS
 	'per tenant and tool over the last since: attempts, replays (duplicates prevented), retries, successes, verifications, dead-letters, denials, approvals, compensations, anomalies, rates, time to completion p50/p95';
 
--- claim_due without a tenant serves every tenant, round-robin
-COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval) IS
-	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold; without a tenant, of every tenant, round-robin';
-
 -- check_policy refuses "*" as a compensate_tool, like a tool name
 CREATE OR REPLACE FUNCTION agentretry.check_policy(
 	max_attempts integer,

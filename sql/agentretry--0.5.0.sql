@@ -785,7 +785,7 @@ RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
 AS 'MODULE_PATHNAME', 'agentretry_claim_due'
 LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
 COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval) IS
-	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold; without a tenant, of every tenant, round-robin';
+	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold';
 
 CREATE FUNCTION agentretry.sweep(max integer DEFAULT 1000)
 RETURNS agentretry.sweep_summary

@@ -320,44 +320,6 @@ SELECT key, kind, attempt, reason, code, lease_token
 FROM agentretry.events WHERE tenant = 'sc-drain' ORDER BY key, id;
 SELECT * FROM agentretry.claim_due('worker-loop', tenant => 'sc-drain');
 
---
--- claim_due without a tenant: every tenant's due work, round-robin.  Tenant
--- sc-big has 300 due retries, sc-small 20 and sc-tiny 1 (tool sc_fair, so
--- that nothing else of this database is leased).  A call of max 10 gives
--- each tenant an equal share of what is left, and a tenant that has less
--- than its share gives the rest to the others: the small tenants are not
--- starved by the big one's backlog.
---
-SELECT name FROM agentretry.register_tool('sc_fair', 'idempotent', 'read', max_attempts => 5,
-	base_delay => '0', max_delay => '0', jitter => 'none');
-CREATE TABLE sc_fair_setup AS
-SELECT t.tenant, n, (agentretry.claim(t.tenant || '-' || n, '{}', 'sc_fair', t.tenant, owner => 'w0')).lease_token AS token
-FROM (VALUES ('sc-big', 300), ('sc-small', 20), ('sc-tiny', 1)) t(tenant, cnt), generate_series(1, t.cnt) n;
-SELECT count(*) FILTER (WHERE (agentretry.fail(tenant || '-' || n, token, 'transient', 'pre_execution',
-										   tenant => tenant)).action = 'retry') AS due
-FROM sc_fair_setup;
-CREATE TABLE sc_fair_got (call int, tenant text, key text);
-INSERT INTO sc_fair_got SELECT 1, d.tenant, d.key
-FROM agentretry.claim_due('fair-worker', max => 10, tools => ARRAY['sc_fair']) d;
--- the first call: 1 for sc-tiny, and the 9 others shared (4 or 5 each)
-SELECT tenant, count(*) FROM sc_fair_got WHERE call = 1 GROUP BY tenant ORDER BY tenant;
-INSERT INTO sc_fair_got SELECT 2, d.tenant, d.key
-FROM agentretry.claim_due('fair-worker', max => 10, tools => ARRAY['sc_fair']) d;
-INSERT INTO sc_fair_got SELECT 3, d.tenant, d.key
-FROM agentretry.claim_due('fair-worker', max => 10, tools => ARRAY['sc_fair']) d;
--- the next calls: 5 each for the two left, until sc-small's 20 are all
--- leased (after 4 calls of 5 or so), never more than 10 a call
-SELECT call, tenant, count(*) FROM sc_fair_got WHERE call > 1 GROUP BY call, tenant ORDER BY call, tenant;
-SELECT max(n) <= 10 AS bounded FROM (SELECT count(*) AS n FROM sc_fair_got GROUP BY call) c;
--- every row leased once, each to one call, as execute of attempt 2
-SELECT count(*) = count(DISTINCT key) AS once,
-	(SELECT count(*) FROM agentretry.operations o JOIN sc_fair_got g ON o.tenant = g.tenant AND o.key = g.key
-	 WHERE o.state = 'in_progress' AND o.attempts = 2 AND o.lease_owner = 'fair-worker') = count(*) AS leased
-FROM sc_fair_got;
--- with a tenant, only that tenant's, as before
-SELECT DISTINCT tenant FROM agentretry.claim_due('fair-worker', max => 3, tools => ARRAY['sc_fair'], tenant => 'sc-big');
-DROP TABLE sc_fair_setup, sc_fair_got;
-
 -- leave nothing behind for the files that follow
 DROP FUNCTION sc_worker(text, text), sc_time_passes(text), sc_rows(text);
 DROP TABLE sc_got, sc_got2, sc_backoff;

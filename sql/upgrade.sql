@@ -257,8 +257,7 @@ ORDER BY 1;
 SELECT object FROM v010_objects EXCEPT SELECT object FROM ar_objects() ORDER BY 1;
 -- what they changed: three enums got a label, operation_state and outcome
 -- (0.4.0) and decision_action (0.5.0), and check_policy, set_budget,
--- schedule_sweep and unschedule_sweep were redefined and claim_due's
--- comment changed (0.5.0)
+-- schedule_sweep and unschedule_sweep were redefined (0.5.0)
 SELECT v.object FROM v010_objects v JOIN ar_objects() a USING (object)
 WHERE a.definition IS DISTINCT FROM v.definition ORDER BY 1;
 -- the same objects, defined the same way, as the fresh install by the
@@ -810,8 +809,7 @@ FROM ar_config();
 -- operations_attention; schedule_sweep and unschedule_sweep read
 -- cron.database_name through cron_database() and check the use of schema
 -- cron; set_budget accepts any positive capacity; check_policy refuses
--- "*" as a compensate_tool; claim_due's comment says what it does without
--- a tenant)
+-- "*" as a compensate_tool)
 SELECT a.object FROM ar_objects() a
 WHERE a.object NOT IN (SELECT v.object FROM v040_objects v)
 	AND (a.parent IS NULL OR a.parent IN (SELECT v.object FROM v040_objects v)

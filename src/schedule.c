@@ -224,106 +224,6 @@ lease_request(FunctionCallInfo fcinfo, ClaimRequest *req)
 	req->now = GetCurrentTimestamp();
 }
 
-/* tenants a claim_due() without a tenant serves, at most, per call */
-#define CLAIM_DUE_TENANTS 1000
-
-/*
- * The tenants with work that may be due ($1 now, $2 tools or NULL), in
- * tenant order, at most $3: one probe per tenant of each partial index
- * (operations_retry_due, operations_lease_expiry) by a skip scan, not a
- * read of every due row.  (Expired leases of tools that are not
- * idempotent make a tenant a candidate too; lease_due_batch leaves them.)
- */
-#define NEXT_TENANT(state, due) \
-	"SELECT o.tenant FROM agentretry.operations o" \
-	" WHERE o.state = '" state "' AND o." due " <= $1" \
-	" AND ($2::text[] IS NULL OR o.tool = ANY ($2))"
-
-static ArPlan due_tenants_plan = {
-	"WITH RECURSIVE r AS ("
-	" (" NEXT_TENANT("retry_wait", "next_attempt_at") " ORDER BY o.tenant LIMIT 1)"
-	" UNION ALL"
-	" SELECT (" NEXT_TENANT("retry_wait", "next_attempt_at")
-	"  AND o.tenant > r.tenant ORDER BY o.tenant LIMIT 1)"
-	" FROM r WHERE r.tenant IS NOT NULL),"
-	" l AS ("
-	" (" NEXT_TENANT("in_progress", "lease_expires_at") " ORDER BY o.tenant LIMIT 1)"
-	" UNION ALL"
-	" SELECT (" NEXT_TENANT("in_progress", "lease_expires_at")
-	"  AND o.tenant > l.tenant ORDER BY o.tenant LIMIT 1)"
-	" FROM l WHERE l.tenant IS NOT NULL)"
-	" SELECT tenant FROM r WHERE tenant IS NOT NULL"
-	" UNION SELECT tenant FROM l WHERE tenant IS NOT NULL"
-	" ORDER BY 1 LIMIT $3",
-	3, {TIMESTAMPTZOID, TEXTARRAYOID, INT4OID}
-};
-
-/* where the next call without a tenant starts, so that all get a turn */
-static uint32 next_first_tenant = 0;
-
-/*
- * claim_due() without a tenant: lease across the tenants with due work,
- * round-robin.  Each round gives every tenant that still has work an
- * equal share of what is left to lease (at least one), so that a tenant
- * with a backlog of 300 due retries cannot starve one with 20; a tenant
- * whose due rows are all leased or held by others drops out.  The first
- * tenant rotates from call to call.  Returns the leases made.
- */
-static int
-lease_due_fairly(ReturnSetInfo *rsinfo, Datum tools, bool tools_null,
-				 int max, const ClaimRequest *req)
-{
-	Datum		values[3];
-	char		nulls[3] = {' ', tools_null ? 'n' : ' ', ' '};
-	char	  **tenants;
-	bool	   *done;
-	int			ntenants;
-	int			active;
-	int			first;
-	int			leased = 0;
-	int			examined = 0;
-	int			i;
-
-	values[0] = TimestampTzGetDatum(req->now);
-	values[1] = tools;
-	values[2] = Int32GetDatum(CLAIM_DUE_TENANTS);
-	ntenants = (int) ar_run(&due_tenants_plan, values, nulls, false);
-	if (ntenants == 0)
-		return 0;
-	tenants = palloc(sizeof(char *) * ntenants);
-	done = palloc0(sizeof(bool) * ntenants);
-	for (i = 0; i < ntenants; i++)
-		tenants[i] = col_text(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
-	first = (int) (next_first_tenant++ % (uint32) ntenants);
-
-	active = ntenants;
-	while (leased < max && active > 0 && examined < max * 4)
-	{
-		int			share = Max(1, (max - leased + active - 1) / active);
-
-		for (i = 0; i < ntenants && leased < max; i++)
-		{
-			int			t = (first + i) % ntenants;
-			int			want;
-			int			got;
-
-			if (done[t])
-				continue;
-			want = Min(share, max - leased);
-			got = lease_due_batch(rsinfo, tenants[t], tools, tools_null, want,
-								  req, &leased);
-			examined += got;
-			/* fewer due rows than asked for: none is left for this call */
-			if (got < want)
-			{
-				done[t] = true;
-				active--;
-			}
-		}
-	}
-	return leased;
-}
-
 PG_FUNCTION_INFO_V1(agentretry_claim_due);
 
 /*
@@ -334,8 +234,7 @@ PG_FUNCTION_INFO_V1(agentretry_claim_due);
  *
  * Leases up to max due operations of the tenant for owner: retries whose
  * next_attempt_at has passed and expired leases of idempotent tools,
- * oldest due first, optionally only of the given tools.  Without a tenant,
- * of every tenant with due work, round-robin (lease_due_fairly).  The caller runs
+ * oldest due first, optionally only of the given tools.  The caller runs
  * each as claim()'s execute outcome: act, then complete() or fail() with
  * the lease_token.  Rows that other transactions hold are skipped, not
  * waited for.  A row whose transition does not end in a lease (a retry
@@ -349,8 +248,7 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
-	/* no tenant: every tenant, fairly */
-	char	   *tenant = PG_ARGISNULL(3) ? NULL : arg_tenant(fcinfo, 3);
+	char	   *tenant = arg_tenant(fcinfo, 3);
 	bool		tools_null;
 	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
 	ClaimRequest req;
@@ -363,10 +261,8 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);
 	saga_defer_begin();
-	if (tenant == NULL)
-		(void) lease_due_fairly(rsinfo, tools, tools_null, max, &req);
 	/* rows that end without a lease do not count; bound the extra work */
-	while (tenant != NULL && leased < max && examined < max * 4)
+	while (leased < max && examined < max * 4)
 	{
 		int			n = lease_due_batch(rsinfo, tenant, tools, tools_null,
 										max - leased, &req, &leased);
