@@ -94,6 +94,16 @@ typedef struct Budget
 #define MAX_STRIPES 64			/* budget_stripes.stripe: 0 .. stripes - 1 */
 
 /*
+ * Token amounts are floats: capacity / stripes and what is left of it are
+ * not exact in binary, so the stripes of a budget of N may hold N minus a
+ * few units in the last place.  An amount within this much of the cost
+ * pays it (and no stripe is left below zero).
+ */
+#define TOKENS_SLACK "1e-9"
+#define TOKENS_SLACK_VALUE 1e-9
+#define ENOUGH(have, cost) ((have) >= (cost) - TOKENS_SLACK_VALUE * Max(1.0, (cost)))
+
+/*
  * What debiting one budget did: the stripe it counted the retry on (and
  * paid from), the stripes it gathered tokens from when no single stripe
  * could pay (see gather()), and the totals.
@@ -298,7 +308,7 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
  */
 #define DEBIT_SQL \
 	"UPDATE agentretry.budget_stripes s SET" \
-	" tokens = " STRIPE_AVAILABLE("s") " - $8," \
+	" tokens = greatest(" STRIPE_AVAILABLE("s") " - $8, 0)," \
 	" refilled_at = greatest(s.refilled_at, $4)," \
 	" win_start = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN $4" \
 	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.win_start + $10 ELSE s.win_start END," \
@@ -311,7 +321,7 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	" WHERE (s.tenant, s.scope, s.subject, s.stripe) = (" \
 	"  SELECT x.tenant, x.scope, x.subject, x.stripe FROM agentretry.budget_stripes x" \
 	"  WHERE x.tenant = $1 AND x.scope = $2::agentretry.budget_scope AND x.subject = $3" \
-	"  AND ($8 = 0 OR " STRIPE_AVAILABLE("x") " >= $8)" \
+	"  AND ($8 = 0 OR " STRIPE_AVAILABLE("x") " >= $8 - " TOKENS_SLACK " * greatest(1, $8))" \
 	"  ORDER BY (x.stripe + $9) % $7 LIMIT 1 FOR UPDATE SKIP LOCKED)" \
 	" RETURNING s.stripe, s.tokens," \
 	"  (s.cur_first + s.prev_first" \
@@ -350,7 +360,7 @@ static ArPlan gather_next_plan = {
 /* take $8 tokens from stripe $9 (locked by this transaction), refilled to now */
 static ArPlan gather_take_plan = {
 	"UPDATE agentretry.budget_stripes s SET"
-	" tokens = " STRIPE_AVAILABLE("s") " - $8,"
+	" tokens = greatest(" STRIPE_AVAILABLE("s") " - $8, 0),"
 	" refilled_at = greatest(s.refilled_at, $4)"
 	" WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
 	" AND s.subject = $3 AND s.stripe = $9",
@@ -393,8 +403,8 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 {
 	Datum		values[9];
 	Datum		taken[MAX_STRIPES];
-	double		have = 0;
-	int			n = 0;
+	volatile double have = 0;
+	volatile int n = 0;
 	int			i;
 	bool		isnull;
 	MemoryContext cxt = CurrentMemoryContext;
@@ -414,38 +424,62 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	 * subtransaction: if together they cannot pay, rolling it back lets go
 	 * of them at once, so that a denied retry does not keep stripes from
 	 * others (first attempts counting on them, payers) until it commits.
+	 * An error inside is thrown after the subtransaction is rolled back, as
+	 * PL/pgSQL does, so that a caller's exception block finds the state it
+	 * expects.
 	 */
 	BeginInternalSubTransaction(NULL);
 	MemoryContextSwitchTo(cxt);
-	while (have < cost && n < MAX_STRIPES)
+	PG_TRY();
 	{
-		HeapTuple	tup;
+		while (!ENOUGH(have, cost) && n < MAX_STRIPES)
+		{
+			HeapTuple	tup;
 
-		values[7] = PointerGetDatum(construct_array(taken, n, INT4OID, sizeof(int32),
-													true, TYPALIGN_INT));
-		if (ar_run(&gather_next_plan, values, NULL, false) == 0)
-			break;
-		tup = SPI_tuptable->vals[0];
-		d->gathered_stripe[n] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
-		d->gathered[n] = DatumGetFloat8(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
-		taken[n] = Int32GetDatum(d->gathered_stripe[n]);
-		have += d->gathered[n];
-		n++;
+			values[7] = PointerGetDatum(construct_array(taken, n, INT4OID, sizeof(int32),
+														true, TYPALIGN_INT));
+			if (ar_run(&gather_next_plan, values, NULL, false) == 0)
+				break;
+			tup = SPI_tuptable->vals[0];
+			d->gathered_stripe[n] = DatumGetInt32(SPI_getbinval(tup, SPI_tuptable->tupdesc, 1, &isnull));
+			d->gathered[n] = DatumGetFloat8(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull));
+			taken[n] = Int32GetDatum(d->gathered_stripe[n]);
+			have += d->gathered[n];
+			n++;
+		}
+		if (ENOUGH(have, cost))
+		{
+			/* the last stripe gives only what is still owed */
+			if (have > cost)
+				d->gathered[n - 1] -= have - cost;
+			for (i = 0; i < n; i++)
+			{
+				values[7] = Float8GetDatum(d->gathered[i]);
+				values[8] = Int32GetDatum(d->gathered_stripe[i]);
+				ar_run(&gather_take_plan, values, NULL, false);
+			}
+		}
 	}
-	if (have < cost)
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		RollbackAndReleaseCurrentSubTransaction();
+		MemoryContextSwitchTo(cxt);
+		CurrentResourceOwner = owner;
+		ReThrowError(edata);
+	}
+	PG_END_TRY();
+
+	if (!ENOUGH(have, cost))
 	{
 		RollbackAndReleaseCurrentSubTransaction();
 		MemoryContextSwitchTo(cxt);
 		CurrentResourceOwner = owner;
 		return false;
-	}
-	/* the last stripe gives only what is still owed */
-	d->gathered[n - 1] -= have - cost;
-	for (i = 0; i < n; i++)
-	{
-		values[7] = Float8GetDatum(d->gathered[i]);
-		values[8] = Int32GetDatum(d->gathered_stripe[i]);
-		ar_run(&gather_take_plan, values, NULL, false);
 	}
 	ReleaseCurrentSubTransaction();
 	MemoryContextSwitchTo(cxt);
@@ -453,6 +487,9 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	d->ngathered = n;
 	return true;
 }
+
+static double fullest_stripe(const Operation *op, const Budget *b,
+							 TimestampTz now, double *tokens);
 
 /*
  * Debit one budget: pay cost (0 for a budget without bucket, or to only
@@ -494,8 +531,18 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	d->ngathered = 0;
 	if (ar_run(&debit_plan, values, NULL, false) == 0)
 	{
-		/* no stripe alone could pay: the free ones together may */
-		if (!b->has_bucket || cost <= 0 || !gather(op, b, cost, now, d))
+		double		total = 0;
+
+		/*
+		 * No stripe alone could pay: the free ones together may, if all of
+		 * them together hold the cost (read without locks first, so that
+		 * an empty budget denies at the price of one read, not of a
+		 * subtransaction locking every stripe).
+		 */
+		if (!b->has_bucket || cost <= 0 || cost > b->capacity)
+			return false;
+		(void) fullest_stripe(op, b, now, &total);
+		if (!ENOUGH(total, cost) || !gather(op, b, cost, now, d))
 			return false;
 		/* count the retry on a stripe, paying nothing more */
 		values[7] = Float8GetDatum(0);
@@ -803,7 +850,7 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 			if (cost > b->capacity)
 				*retry_at = TS_NONE;
 			else
-				*retry_at = tokens >= cost ? ts_add_usec(now, USECS_PER_SEC) :
+				*retry_at = ENOUGH(tokens, cost) ? ts_add_usec(now, USECS_PER_SEC) :
 					refill_time(b, cost, tokens, now);
 		}
 		for (j = 0; j < i; j++)

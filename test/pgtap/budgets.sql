@@ -17,7 +17,7 @@
 BEGIN;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
-SELECT plan(267);
+SELECT plan(271);
 
 -- Retries are due at once (no backoff), so a retry can be claimed right
 -- after the failure; max_attempts is high enough never to interfere.
@@ -1164,6 +1164,21 @@ SELECT lives_ok($$SELECT set_budget('bg-one', 'tenant', 'bg-one', 1, cost_ambigu
 				'replaced with ambiguous failures costing 1 (it starts full)');
 SELECT is((SELECT d.action::text FROM pg_temp.try_retry('bg-one', 'one-3', 'ambiguous') d),
 		  'retry', 'an ambiguous retry is admitted');
+
+-- Shares that are not exact in binary (7 over 5 stripes, 11 over 3, 1 over
+-- 10): the stripes may hold N minus a few units in the last place, which
+-- still pays the last retry; no stripe is left below zero.
+SELECT set_budget('bg-ulp7', 'tenant', 'bg-ulp7', 7, stripes => 5);
+SELECT set_budget('bg-ulp11', 'tenant', 'bg-ulp11', 11, stripes => 3);
+SELECT set_budget('bg-ulp1', 'tenant', 'bg-ulp1', 1, stripes => 10);
+SELECT is((SELECT count(*) FROM unnest(pg_temp.retries('bg-ulp7', 'ulp-7', 10)) r WHERE r LIKE 'retry/%'),
+		  7::bigint, 'capacity 7 over 5 stripes admits exactly 7');
+SELECT is((SELECT count(*) FROM unnest(pg_temp.retries('bg-ulp11', 'ulp-11', 15)) r WHERE r LIKE 'retry/%'),
+		  11::bigint, 'capacity 11 over 3 stripes admits exactly 11');
+SELECT is((SELECT count(*) FROM unnest(pg_temp.retries('bg-ulp1', 'ulp-1', 3)) r WHERE r LIKE 'retry/%'),
+		  1::bigint, 'capacity 1 over 10 stripes admits exactly 1');
+SELECT is((SELECT bool_and(tokens >= 0) AND round(sum(tokens)::numeric, 6) = 0
+		   FROM budget_stripes WHERE tenant LIKE 'bg-ulp%'), true, 'and leaves every stripe at zero, none below');
 
 -- A debit gathered from several stripes is given back whole when a later
 -- budget denies the retry: tenant capacity 3 over 4 stripes (0.75 each:
