@@ -10,7 +10,7 @@
 # with an auth_file; 127.0.0.1 only.  Clients are psql processes (several
 # at once); no statement sent through the pooler is a SET, and none uses a
 # server-side prepared statement.  Where a step must run on a given server
-# connection, the other one is held by a helper client's open transaction
+# connection, the other one is held by a holder client's open transaction
 # (the pool has only those two), and every call reports pg_backend_pid()
 # from its own transaction.
 #
@@ -321,11 +321,11 @@ sub quit_client
 
 # ---------------------------------------------------------------------------
 # The pool's two server connections, and how to run a statement on one of
-# them: a helper client opens a transaction on the other one, so the only
+# them: a holder client opens a transaction on the other one, so the only
 # one free is the one wanted.
 # ---------------------------------------------------------------------------
-my $H1 = pooled_client('helper-1');
-my $H2 = pooled_client('helper-2');
+my $H1 = pooled_client('holder-1');
+my $H2 = pooled_client('holder-2');
 my $A = pooled_client('client-a');
 my $B = pooled_client('client-b');
 my $C = pooled_client('client-c');
@@ -348,7 +348,7 @@ is( $node->safe_psql($db,
 my ($X, $Y) = @pool;
 my %other = ($X => $Y, $Y => $X);
 
-# Opens a transaction on server connection $pid in a helper client and
+# Opens a transaction on server connection $pid in a holder client and
 # returns that client; no other transaction of the pool is open then.
 sub begin_on
 {
@@ -359,7 +359,7 @@ sub begin_on
 	sql($H2, 'BEGIN');
 	$got = val($H2, 'SELECT pg_backend_pid()');
 	sql($H1, 'COMMIT');
-	die "helper-2 got server connection $got, not $pid" unless $got eq $pid;
+	die "holder-2 got server connection $got, not $pid" unless $got eq $pid;
 	return $H2;
 }
 
