@@ -397,6 +397,24 @@ add_others(Debit *d, ArrayType *others)
  * changing and holding nothing, when the free stripes have less than cost
  * together.
  */
+/*
+ * The parameters $1-$7 that every statement on a budget's stripes takes
+ * (STRIPE_AVAILABLE): the budget, now, capacity (0 without a bucket),
+ * refill and stripes.
+ */
+static void
+stripe_params(Datum *values, const Operation *op, const Budget *b,
+			  TimestampTz now)
+{
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = CStringGetTextDatum(b->scope);
+	values[2] = CStringGetTextDatum(b->subject);
+	values[3] = TimestampTzGetDatum(now);
+	values[4] = Float8GetDatum(b->has_bucket ? b->capacity : 0);
+	values[5] = Float8GetDatum(b->refill);
+	values[6] = Int32GetDatum(b->stripes);
+}
+
 static bool
 gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	   Debit *d)
@@ -410,13 +428,7 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	MemoryContext cxt = CurrentMemoryContext;
 	ResourceOwner owner = CurrentResourceOwner;
 
-	values[0] = CStringGetTextDatum(op->tenant);
-	values[1] = CStringGetTextDatum(b->scope);
-	values[2] = CStringGetTextDatum(b->subject);
-	values[3] = TimestampTzGetDatum(now);
-	values[4] = Float8GetDatum(b->capacity);
-	values[5] = Float8GetDatum(b->refill);
-	values[6] = Int32GetDatum(b->stripes);
+	stripe_params(values, op, b, now);
 	values[8] = Int32GetDatum(MyProcPid % b->stripes);
 
 	/*
@@ -488,8 +500,8 @@ gather(const Operation *op, const Budget *b, double cost, TimestampTz now,
 	return true;
 }
 
-static double fullest_stripe(const Operation *op, const Budget *b,
-							 TimestampTz now, double *tokens);
+static double budget_tokens(const Operation *op, const Budget *b,
+							TimestampTz now);
 
 /*
  * Debit one budget: pay cost (0 for a budget without bucket, or to only
@@ -515,13 +527,7 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	TupleDesc	desc;
 	bool		isnull;
 
-	values[0] = CStringGetTextDatum(op->tenant);
-	values[1] = CStringGetTextDatum(b->scope);
-	values[2] = CStringGetTextDatum(b->subject);
-	values[3] = TimestampTzGetDatum(now);
-	values[4] = Float8GetDatum(b->has_bucket ? b->capacity : 0);
-	values[5] = Float8GetDatum(b->refill);
-	values[6] = Int32GetDatum(b->stripes);
+	stripe_params(values, op, b, now);
 	values[7] = Float8GetDatum(b->has_bucket ? cost : 0);
 	values[8] = Int32GetDatum(MyProcPid % b->stripes);
 	values[9] = IntervalPGetDatum(usec_interval(b->window));
@@ -531,18 +537,18 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	d->ngathered = 0;
 	if (ar_run(&debit_plan, values, NULL, false) == 0)
 	{
-		double		total = 0;
-
 		/*
 		 * No stripe alone could pay: the free ones together may, if all of
 		 * them together hold the cost (read without locks first, so that
 		 * an empty budget denies at the price of one read, not of a
-		 * subtransaction locking every stripe).
+		 * subtransaction locking every stripe).  A denial leaves that
+		 * total in d->balance, for the ledger and the time to wait.
 		 */
-		if (!b->has_bucket || cost <= 0 || cost > b->capacity)
+		if (!b->has_bucket || cost <= 0)
 			return false;
-		(void) fullest_stripe(op, b, now, &total);
-		if (!ENOUGH(total, cost) || !gather(op, b, cost, now, d))
+		d->balance = budget_tokens(op, b, now);
+		if (cost > b->capacity || !ENOUGH(d->balance, cost) ||
+			!gather(op, b, cost, now, d))
 			return false;
 		/* count the retry on a stripe, paying nothing more */
 		values[7] = Float8GetDatum(0);
@@ -597,12 +603,12 @@ refund(const Operation *op, const Debit *d)
 }
 
 /*
- * The fullest stripe of b and all stripes' tokens, refilled to now, read
- * without locks: when a denied retry may be paid, and what is left.
+ * All the stripes' tokens of b, refilled to now, read without locks:
+ * whether a gather can pay, when a denied retry may be paid, and what is
+ * left.
  */
-static ArPlan fullest_plan = {
-	"SELECT coalesce(max(" STRIPE_AVAILABLE("s") "), 0),"
-	" coalesce(sum(" STRIPE_AVAILABLE("s") "), 0)"
+static ArPlan tokens_plan = {
+	"SELECT coalesce(sum(" STRIPE_AVAILABLE("s") "), 0)"
 	" FROM agentretry.budget_stripes s"
 	" WHERE s.tenant = $1 AND s.scope = $2::agentretry.budget_scope"
 	" AND s.subject = $3",
@@ -610,24 +616,14 @@ static ArPlan fullest_plan = {
 };
 
 static double
-fullest_stripe(const Operation *op, const Budget *b, TimestampTz now,
-			   double *tokens)
+budget_tokens(const Operation *op, const Budget *b, TimestampTz now)
 {
 	Datum		values[7];
 	bool		isnull;
 
-	values[0] = CStringGetTextDatum(op->tenant);
-	values[1] = CStringGetTextDatum(b->scope);
-	values[2] = CStringGetTextDatum(b->subject);
-	values[3] = TimestampTzGetDatum(now);
-	values[4] = Float8GetDatum(b->capacity);
-	values[5] = Float8GetDatum(b->refill);
-	values[6] = Int32GetDatum(b->stripes);
-	ar_run(&fullest_plan, values, NULL, false);
-	*tokens = DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
-										   SPI_tuptable->tupdesc, 2, &isnull));
-	return DatumGetFloat8(SPI_getbinval(SPI_tuptable->vals[0],
-										SPI_tuptable->tupdesc, 1, &isnull));
+	stripe_params(values, op, b, now);
+	ar_run(&tokens_plan, values, NULL, false);
+	return DatumGetFloat8(first_value(&isnull));
 }
 
 /* ledger rows of one decision, written by one INSERT (ledger_flush) */
@@ -838,7 +834,7 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 		}
 		else
 		{
-			(void) fullest_stripe(op, b, now, &tokens);
+			tokens = debits[i].balance;
 
 			/*
 			 * Tokens that could pay but are held by running transactions
