@@ -677,17 +677,6 @@ operation_store_late_result(const Operation *op, Jsonb *result, TimestampTz now)
 }
 
 /*
- * Whether reconcile() must look at op once it is succeeded: after retries
- * (success_after_retry), or with a receipt (duplicate_receipt).  The same
- * rule as complete()'s UPDATE.
- */
-bool
-operation_needs_reconcile(const Operation *op)
-{
-	return op->attempts > 1 || op->receipt != NULL;
-}
-
-/*
  * The whole row as a composite datum, in SPI memory: a caller returning it
  * copies it into spi.caller.
  */

@@ -77,7 +77,6 @@ extern bool operation_complete(Operation *op, int64 lease_token,
 							   const char *compensate_tool,
 							   Jsonb *compensate_args, bool want_row,
 							   bool late, TimestampTz now);
-extern bool operation_needs_reconcile(const Operation *op);
 extern void operation_store_receipts(const Operation *op, TimestampTz now);
 extern void operation_store_late_result(const Operation *op, Jsonb *result,
 									   TimestampTz now);

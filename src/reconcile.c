@@ -135,7 +135,7 @@ static ArPlan reconcile_runs_plan = {
 };
 
 static int
-run_reconcile(ArPlan *plan, int nargs, TimestampTz now, int max, int *examined)
+run_reconcile(ArPlan *plan, TimestampTz now, int max, int *examined)
 {
 	Datum		values[3];
 	bool		isnull;
@@ -164,8 +164,8 @@ reconcile_round(TimestampTz now, int max, bool *more)
 	int			examined = 0;
 	int			found;
 
-	found = run_reconcile(&reconcile_operations_plan, 3, now, max, &examined);
-	found += run_reconcile(&reconcile_runs_plan, 2, now, max, &examined);
+	found = run_reconcile(&reconcile_operations_plan, now, max, &examined);
+	found += run_reconcile(&reconcile_runs_plan, now, max, &examined);
 	*more = examined >= max;
 	return found;
 }
