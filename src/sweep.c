@@ -100,39 +100,32 @@ static ArPlan purge_operations_plan = {
 	2, NOW_MAX_ARGTYPES
 };
 
+/*
+ * Delete at most $2 rows of table (keyed by tenant and id) whose time
+ * column is before $1 and that match cond, oldest first, skipping rows
+ * others hold; returns the count.
+ */
+#define PURGE_BY_ID_SQL(table, time, cond) \
+	"WITH gone AS (" \
+	" DELETE FROM agentretry." table " e USING (" \
+	"  SELECT x.tenant, x.id FROM agentretry." table " x" \
+	"  WHERE x." time " < $1" cond " ORDER BY x." time " LIMIT $2" \
+	"  FOR UPDATE SKIP LOCKED) d" \
+	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)" \
+	" SELECT count(*) FROM gone"
+
 static ArPlan purge_events_plan = {
-	"WITH gone AS ("
-	" DELETE FROM agentretry.events e USING ("
-	"  SELECT x.tenant, x.id FROM agentretry.events x"
-	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
-	"  FOR UPDATE SKIP LOCKED) d"
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
-	" SELECT count(*) FROM gone",
-	2, NOW_MAX_ARGTYPES
+	PURGE_BY_ID_SQL("events", "at", ""), 2, NOW_MAX_ARGTYPES
 };
 
 /* retention of the budget ledger: as events */
 static ArPlan purge_ledger_plan = {
-	"WITH gone AS ("
-	" DELETE FROM agentretry.budget_ledger e USING ("
-	"  SELECT x.tenant, x.id FROM agentretry.budget_ledger x"
-	"  WHERE x.at < $1 ORDER BY x.at LIMIT $2"
-	"  FOR UPDATE SKIP LOCKED) d"
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
-	" SELECT count(*) FROM gone",
-	2, NOW_MAX_ARGTYPES
+	PURGE_BY_ID_SQL("budget_ledger", "at", ""), 2, NOW_MAX_ARGTYPES
 };
 
 /* acknowledged anomalies: as events */
 static ArPlan purge_anomalies_plan = {
-	"WITH gone AS ("
-	" DELETE FROM agentretry.anomalies e USING ("
-	"  SELECT x.tenant, x.id FROM agentretry.anomalies x"
-	"  WHERE x.found_at < $1 AND x.acknowledged_at IS NOT NULL"
-	"  ORDER BY x.found_at LIMIT $2"
-	"  FOR UPDATE SKIP LOCKED) d"
-	" WHERE e.tenant = d.tenant AND e.id = d.id RETURNING 1)"
-	" SELECT count(*) FROM gone",
+	PURGE_BY_ID_SQL("anomalies", "found_at", " AND x.acknowledged_at IS NOT NULL"),
 	2, NOW_MAX_ARGTYPES
 };
 
