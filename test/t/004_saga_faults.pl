@@ -276,7 +276,13 @@ BEGIN
 							WHERE a.application_name LIKE '% holding ' || st.key || ' %')
 		 -- two workers take the oldest runs first, so that steps of one
 		 -- run are worked on, and checkpointed, concurrently
-		 ORDER BY CASE WHEN worker IN ('s1', 's2') THEN st.run_id END, random()
+		 -- (first of all, the other half of a pair whose first half is
+		 -- held, so that the pair meets whatever the other workers do)
+		 ORDER BY CASE WHEN st.n < 3 AND EXISTS (SELECT FROM pg_stat_activity a
+							WHERE a.application_name LIKE
+								  format('%% holding %s-s%s %% pair', st.run_id, 3 - st.n))
+					   THEN 0 ELSE 1 END,
+				  CASE WHEN worker IN ('s1', 's2') THEN st.run_id END, random()
 		 LIMIT 1;
 		IF NOT FOUND THEN
 			COMMIT;
