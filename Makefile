@@ -27,6 +27,7 @@ OBJS = \
 	src/spi.o \
 	src/stats.o \
 	src/sweep.o \
+	src/tenancy.o \
 	src/transition.o \
 	src/types.o \
 	src/validate.o

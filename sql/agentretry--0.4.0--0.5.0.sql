@@ -184,6 +184,43 @@ COMMENT ON FUNCTION agentretry.stats_buckets() IS
 -- ---------------------------------------------------------------------------
 -- functions
 -- ---------------------------------------------------------------------------
+-- claim and claim_due take in_transaction: inside a transaction block a
+-- lease must be asked for with in_transaction => true (pattern A), so
+-- that a caller who acts before committing its claim is told instead of
+-- getting a duplicate when it dies
+DROP FUNCTION agentretry.claim(text, jsonb, text, text, text, text, interval, text);
+CREATE FUNCTION agentretry.claim(
+	key text,
+	args jsonb,
+	tool text DEFAULT 'default',
+	tenant text DEFAULT NULL,
+	run_id text DEFAULT NULL,
+	step text DEFAULT NULL,
+	lease interval DEFAULT NULL,
+	owner text DEFAULT NULL,
+	in_transaction boolean DEFAULT false)
+RETURNS agentretry.claim_result
+AS 'MODULE_PATHNAME', 'agentretry_claim'
+LANGUAGE C VOLATILE SECURITY DEFINER;
+COMMENT ON FUNCTION agentretry.claim(text, jsonb, text, text, text, text, interval, text, boolean) IS
+	'lease an operation by idempotency key, or say why not: execute, replay, busy, wait, verify, dead, cancelled';
+
+DROP FUNCTION agentretry.claim_due(text, integer, text[], text, interval);
+CREATE FUNCTION agentretry.claim_due(
+	owner text,
+	max integer DEFAULT 10,
+	tools text[] DEFAULT NULL,
+	tenant text DEFAULT NULL,
+	lease interval DEFAULT NULL,
+	in_transaction boolean DEFAULT false)
+RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
+			   lease_token bigint, lease_expires_at timestamptz,
+			   run_id text, step text)
+AS 'MODULE_PATHNAME', 'agentretry_claim_due'
+LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval, boolean) IS
+	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold';
+
 DROP FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb);
 CREATE FUNCTION agentretry.complete(
 	key text,
@@ -321,6 +358,9 @@ BEGIN
 		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
 			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
 	END IF;
+	IF tenant IS NOT NULL THEN
+		PERFORM agentretry.check_caller_tenant(tenant);
+	END IF;
 	PERFORM agentretry.flush_stats();
 	BEGIN
 		start := clock_timestamp() - since;
@@ -355,7 +395,8 @@ SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT agentretry.stats_since(since, tenant);
 WITH w AS (
-	SELECT agentretry.stats_since(since, tenant) AS start),
+	SELECT agentretry.stats_since(since, tenant) AS start,
+		   agentretry.caller_tenants() AS ct),
 c AS (
 	SELECT s.tenant, s.tool,
 		   sum(s.first_attempts)::bigint AS first_attempts,
@@ -372,6 +413,7 @@ c AS (
 	FROM agentretry.stats_counts s, w
 	WHERE s.bucket >= date_bin('1 minute', w.start, timestamptz '2000-01-01 00:00+00')
 	  AND (stats.tenant IS NULL OR s.tenant = stats.tenant)
+	  AND (w.ct IS NULL OR s.tenant = ANY (w.ct))
 	GROUP BY s.tenant, s.tool),
 h AS (
 	SELECT x.tenant, x.tool, array_agg(x.n ORDER BY x.i) AS hist
@@ -380,6 +422,7 @@ h AS (
 			   unnest(s.completion_hist) WITH ORDINALITY AS e(n, i)
 		  WHERE s.bucket >= date_bin('1 minute', w.start, timestamptz '2000-01-01 00:00+00')
 			AND (stats.tenant IS NULL OR s.tenant = stats.tenant)
+			AND (w.ct IS NULL OR s.tenant = ANY (w.ct))
 		  GROUP BY s.tenant, s.tool, e.i) x
 	GROUP BY x.tenant, x.tool),
 a AS (
@@ -389,6 +432,7 @@ a AS (
 		  FROM agentretry.anomalies an, w
 		  WHERE an.found_at >= w.start
 			AND (stats.tenant IS NULL OR an.tenant = stats.tenant)
+			AND (w.ct IS NULL OR an.tenant = ANY (w.ct))
 		  GROUP BY 1, 2, 3) y
 	GROUP BY y.tenant, y.tool)
 SELECT coalesce(c.tenant, a.tenant), coalesce(c.tool, a.tool),
@@ -693,10 +737,167 @@ COMMENT ON FUNCTION agentretry.unschedule_sweep() IS
 	'remove the pg_cron job of schedule_sweep(); false when there was none';
 
 -- ---------------------------------------------------------------------------
+-- Tenancy: memberships, and row level security on every table of tenants
+-- ---------------------------------------------------------------------------
+
+-- Which roles act for which tenant.  While this table is empty agentretry
+-- is single-tenant (tenant "default", every agent role); from its first
+-- row on, a role acts only for the tenants it is a member of (directly or
+-- through a role whose privileges it inherits), and agentretry_admin and
+-- superusers for every tenant.  role is a regrole: a renamed role keeps
+-- its memberships.
+CREATE TABLE agentretry.tenant_members (
+	tenant text NOT NULL CHECK (octet_length(tenant) BETWEEN 1 AND 128),
+	role regrole NOT NULL,
+	added_at timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (tenant, role)
+);
+CREATE INDEX tenant_members_role ON agentretry.tenant_members (role);
+COMMENT ON TABLE agentretry.tenant_members IS
+	'which roles act for which tenant; empty: single-tenant';
+SELECT pg_catalog.pg_extension_config_dump('agentretry.tenant_members', '');
+CREATE TRIGGER invalidate_cache AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON agentretry.tenant_members FOR EACH STATEMENT EXECUTE FUNCTION agentretry.invalidate_cache();
+
+-- May current_user see the rows of tenant?  The policy of every table
+-- below; SECURITY INVOKER, so that it answers for the role reading.
+CREATE FUNCTION agentretry.tenant_visible(tenant text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'agentretry_tenant_visible'
+LANGUAGE C STABLE PARALLEL SAFE;
+COMMENT ON FUNCTION agentretry.tenant_visible(text) IS
+	'row level security: may current_user see the rows of tenant';
+
+-- The tenants the session's role may act for; NULL for every tenant.
+CREATE FUNCTION agentretry.caller_tenants()
+RETURNS text[]
+AS 'MODULE_PATHNAME', 'agentretry_caller_tenants'
+LANGUAGE C STABLE;
+COMMENT ON FUNCTION agentretry.caller_tenants() IS
+	'the tenants the session''s role may act for; NULL: every tenant';
+
+-- 42501 unless the session's role may act for tenant (for SQL functions)
+CREATE FUNCTION agentretry.check_caller_tenant(tenant text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'agentretry_check_caller_tenant'
+LANGUAGE C STABLE STRICT;
+COMMENT ON FUNCTION agentretry.check_caller_tenant(text) IS
+	'raises 42501 unless the session''s role may act for tenant';
+
+-- add_tenant_member(role, tenant): true when added, false when it was a
+-- member already.  The first membership turns tenancy on.
+CREATE FUNCTION agentretry.add_tenant_member(role regrole, tenant text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'role must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF tenant IS NULL THEN
+		RAISE EXCEPTION 'tenant must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF octet_length(tenant) NOT BETWEEN 1 AND 128 THEN
+		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
+			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
+	END IF;
+	INSERT INTO agentretry.tenant_members AS m (tenant, role)
+	VALUES (add_tenant_member.tenant, add_tenant_member.role)
+	ON CONFLICT DO NOTHING;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n = 1;
+END
+$$;
+COMMENT ON FUNCTION agentretry.add_tenant_member(regrole, text) IS
+	'let role act for tenant (and see its rows); the first membership turns tenancy on';
+
+-- remove_tenant_member(role, tenant): true when removed.  Removing the
+-- last membership turns tenancy off (single-tenant again).
+CREATE FUNCTION agentretry.remove_tenant_member(role regrole, tenant text)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+	n bigint;
+BEGIN
+	IF role IS NULL THEN
+		RAISE EXCEPTION 'role must not be null' USING ERRCODE = '22004';
+	END IF;
+	IF tenant IS NULL THEN
+		RAISE EXCEPTION 'tenant must not be null' USING ERRCODE = '22004';
+	END IF;
+	DELETE FROM agentretry.tenant_members m
+	 WHERE m.tenant = remove_tenant_member.tenant AND m.role = remove_tenant_member.role;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n = 1;
+END
+$$;
+COMMENT ON FUNCTION agentretry.remove_tenant_member(regrole, text) IS
+	'stop role acting for tenant; removing the last membership makes agentretry single-tenant again';
+
+-- Row level security.  agentretry's functions run as the tables' owner,
+-- which policies do not bind; they check the caller's tenants themselves.
+-- What the policies bind is reading: operators (and agents, for tenant
+-- policies and budgets) see only the rows of their tenants, through the
+-- tables and through the views, which run as the role reading them.
+ALTER TABLE agentretry.operations ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.events ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.token_floors ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.tenant_policies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.budgets ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.budget_stripes ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.budget_ledger ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.runs ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.run_context ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.anomalies ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.stats_counts ENABLE ROW LEVEL SECURITY;
+ALTER TABLE agentretry.tenant_members ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_rows ON agentretry.operations USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.events USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.token_floors USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.tenant_policies USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.budgets USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.budget_stripes USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.budget_ledger USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.runs USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.run_context USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.anomalies USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.stats_counts USING (agentretry.tenant_visible(tenant));
+CREATE POLICY tenant_rows ON agentretry.tenant_members USING (agentretry.tenant_visible(tenant));
+ALTER VIEW agentretry.in_flight SET (security_invoker = true);
+ALTER VIEW agentretry.dead_letters SET (security_invoker = true);
+ALTER VIEW agentretry.verify_queue SET (security_invoker = true);
+ALTER VIEW agentretry.budget_status SET (security_invoker = true);
+ALTER VIEW agentretry.run_status SET (security_invoker = true);
+ALTER VIEW agentretry.approval_queue SET (security_invoker = true);
+
+REVOKE ALL ON agentretry.tenant_members FROM PUBLIC;
+REVOKE ALL ON FUNCTION
+	agentretry.tenant_visible(text),
+	agentretry.caller_tenants(),
+	agentretry.check_caller_tenant(text),
+	agentretry.add_tenant_member(regrole, text),
+	agentretry.remove_tenant_member(regrole, text)
+FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION agentretry.tenant_visible(text)
+TO agentretry_agent, agentretry_operator, agentretry_admin;
+GRANT SELECT ON agentretry.tenant_members TO agentretry_operator;
+GRANT EXECUTE ON FUNCTION
+	agentretry.add_tenant_member(regrole, text),
+	agentretry.remove_tenant_member(regrole, text)
+TO agentretry_admin;
+
+-- ---------------------------------------------------------------------------
 -- privileges
 -- ---------------------------------------------------------------------------
 REVOKE ALL ON agentretry.anomalies, agentretry.stats_counts FROM PUBLIC;
 REVOKE ALL ON FUNCTION
+	agentretry.claim(text, jsonb, text, text, text, text, interval, text, boolean),
+	agentretry.claim_due(text, integer, text[], text, interval, boolean),
 	agentretry.complete(text, bigint, jsonb, text, text, jsonb, text),
 	agentretry.resolve(text, bigint, boolean, jsonb, text, text),
 	agentretry.observe(text, text, text, text, jsonb),
@@ -721,6 +922,8 @@ TO agentretry_agent, agentretry_operator, agentretry_admin;
 -- agents: the new complete and resolve, late evidence (a webhook handler
 -- runs as an agent), and verification workers
 GRANT EXECUTE ON FUNCTION
+	agentretry.claim(text, jsonb, text, text, text, text, interval, text, boolean),
+	agentretry.claim_due(text, integer, text[], text, interval, boolean),
 	agentretry.complete(text, bigint, jsonb, text, text, jsonb, text),
 	agentretry.resolve(text, bigint, boolean, jsonb, text, text),
 	agentretry.observe(text, text, text, text, jsonb),

@@ -220,7 +220,7 @@ ORDER BY id;
 --
 CREATE TABLE cf_sent (key text PRIMARY KEY, body text NOT NULL);
 BEGIN;
-SELECT outcome, attempt, lease_token FROM agentretry.claim('cf-pa', '{"to": "ann"}');
+SELECT outcome, attempt, lease_token FROM agentretry.claim('cf-pa', '{"to": "ann"}', in_transaction => true);
 INSERT INTO cf_sent VALUES ('cf-pa', 'hello ann');
 SELECT agentretry.complete('cf-pa', 1, '{"sent": 1}');
 COMMIT;
@@ -231,7 +231,7 @@ SELECT * FROM cf_sent;
 SET agentretry.trace_all = on;
 SELECT count(*) AS events_before FROM agentretry.events \gset
 BEGIN;
-SELECT outcome, attempt, lease_token FROM agentretry.claim('cf-pa-rb', '{"to": "bob"}');
+SELECT outcome, attempt, lease_token FROM agentretry.claim('cf-pa-rb', '{"to": "bob"}', in_transaction => true);
 INSERT INTO cf_sent VALUES ('cf-pa-rb', 'hello bob');
 SELECT agentretry.complete('cf-pa-rb', 1, '{"sent": 2}');
 SELECT state FROM agentretry.lookup('cf-pa-rb');

@@ -10,7 +10,7 @@ BEGIN;
 SELECT outcome, lease_token FROM agentretry.claim(
 	key  => 'order-42:refund',
 	args => '{"order": 42, "amount_cents": 1999}',
-	tool => 'refund');
+	tool => 'refund', in_transaction => true);
 -- outcome = 'execute', lease_token = 1: do the work in this transaction
 INSERT INTO refunds (order_id, amount_cents) VALUES (42, 1999);
 SELECT agentretry.complete('order-42:refund', 1, result => '{"refund_id": 7}');

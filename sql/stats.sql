@@ -132,9 +132,9 @@ SELECT agentretry.observe('st-orphan', 'rcpt-orphan', 'st', 'webhook');
 -- execute; it was told not to act on the replay)
 --
 BEGIN;
-SELECT outcome FROM agentretry.claim('st-rb1', '{}', 'st_read', 'st');
+SELECT outcome FROM agentretry.claim('st-rb1', '{}', 'st_read', 'st', in_transaction => true);
 SELECT agentretry.complete('st-rb1', 1, '{}', 'st');
-SELECT outcome FROM agentretry.claim('st-r2', '{}', 'st_read', 'st');
+SELECT outcome FROM agentretry.claim('st-r2', '{}', 'st_read', 'st', in_transaction => true);
 ROLLBACK;
 -- by hand: st_read first attempts 3 + 1 = 4, executions 4 + 1 = 5,
 -- successes 3 + 1 = 4, replays 3 + 1 = 4
@@ -145,7 +145,7 @@ ROLLBACK;
 -- to be written again)
 --
 BEGIN;
-SELECT outcome FROM agentretry.claim('st-tx1', '{}', 'st_tx', 'st');
+SELECT outcome FROM agentretry.claim('st-tx1', '{}', 'st_tx', 'st', in_transaction => true);
 SELECT agentretry.complete('st-tx1', 1, '{}', 'st');
 SELECT count(*) AS rows FROM agentretry.stats(tenant => 'st') WHERE tool = 'st_tx';
 COMMIT;

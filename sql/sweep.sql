@@ -59,12 +59,12 @@ SELECT * FROM agentretry.sweep();
 -- sw-destr: destructive -> dead, review required
 -- sw-live: a live lease -> untouched
 -- and in another tenant, sw-idem again: the sweep covers every tenant
-SELECT k, (agentretry.claim(k, '{}', tool, 'sw', owner => 'agent-1')).outcome
+SELECT k, (agentretry.claim(k, '{}', tool, 'sw', owner => 'agent-1', in_transaction => true)).outcome
 FROM (VALUES ('sw-idem', 'sw_idem'), ('sw-slow', 'sw_slow'), ('sw-once', 'sw_once'),
 	('sw-nonidem', 'sw_nonidem'), ('sw-unknown', 'sw_unregistered'),
 	('sw-destr', 'sw_destr'), ('sw-live', 'sw_idem')) v(k, tool)
 ORDER BY k;
-SELECT outcome FROM agentretry.claim('sw-idem', '{}', 'sw_idem', 'sw-b', owner => 'agent-2');
+SELECT outcome FROM agentretry.claim('sw-idem', '{}', 'sw_idem', 'sw-b', owner => 'agent-2', in_transaction => true);
 UPDATE agentretry.operations SET lease_expires_at = clock_timestamp() - interval '10 minutes'
 WHERE key <> 'sw-live' AND key <> 'sw-slow';
 UPDATE agentretry.operations SET lease_expires_at = clock_timestamp() - interval '1 minute'
@@ -91,7 +91,7 @@ FROM agentretry.events ORDER BY tenant, key, id;
 -- the verifications are for a claim of the key to hand out: claim_due
 -- takes the due retry and none of them
 SELECT key, tool, reason, verifier FROM agentretry.verify_queue ORDER BY key;
-SELECT key, attempt, lease_token FROM agentretry.claim_due('worker', tenant => 'sw');
+SELECT key, attempt, lease_token FROM agentretry.claim_due('worker', tenant => 'sw', in_transaction => true);
 -- a second sweep finds nothing new; the other tenant's retry is still due
 SELECT * FROM agentretry.sweep();
 
@@ -103,7 +103,7 @@ SELECT * FROM agentretry.sweep();
 -- sw-dl-none: due an hour ago, no deadline: never dead-lettered for it
 -- sw-dl-beyond: due 5 seconds ago, after its deadline 10 seconds ago (a
 --   release after the deadline): late whatever the grace, as for a claim
-SELECT k, (agentretry.claim(k, '{}', 'sw_idem', 'sw')).outcome,
+SELECT k, (agentretry.claim(k, '{}', 'sw_idem', 'sw', in_transaction => true)).outcome,
 	(agentretry.fail(k, 1, 'transient', 'pre_execution', tenant => 'sw')).action
 FROM unnest(ARRAY['sw-dl-old', 'sw-dl-recent', 'sw-dl-none', 'sw-dl-beyond']) k ORDER BY k;
 UPDATE agentretry.operations SET next_attempt_at = clock_timestamp() - interval '5 seconds',
@@ -147,21 +147,21 @@ ORDER BY key, id;
 -- sw-p-succeeded, sw-p-dead, sw-p-cancelled expired; sw-p-later expires in a
 -- minute; sw-p-fresh has the default TTL of 7 days; sw-p-waiting is not
 -- terminal and has no expiry
-SELECT outcome, lease_token FROM agentretry.claim('sw-p-succeeded', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome, lease_token FROM agentretry.claim('sw-p-succeeded', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT agentretry.complete('sw-p-succeeded', 1, tenant => 'sw-ttl');
-SELECT outcome FROM agentretry.claim('sw-p-dead', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome FROM agentretry.claim('sw-p-dead', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT action FROM agentretry.fail('sw-p-dead', 1, 'transient', 'pre_execution', tenant => 'sw-ttl');
 UPDATE agentretry.operations SET next_attempt_at = clock_timestamp()
 WHERE tenant = 'sw-ttl' AND key = 'sw-p-dead';
-SELECT outcome, lease_token FROM agentretry.claim('sw-p-dead', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome, lease_token FROM agentretry.claim('sw-p-dead', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT action, reason FROM agentretry.fail('sw-p-dead', 2, 'permanent', tenant => 'sw-ttl');
-SELECT outcome FROM agentretry.claim('sw-p-cancelled', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome FROM agentretry.claim('sw-p-cancelled', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT agentretry.cancel('sw-p-cancelled', 'sw-ttl');
-SELECT outcome FROM agentretry.claim('sw-p-later', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome FROM agentretry.claim('sw-p-later', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT agentretry.complete('sw-p-later', 1, tenant => 'sw-ttl');
-SELECT outcome FROM agentretry.claim('sw-p-fresh', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome FROM agentretry.claim('sw-p-fresh', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT agentretry.complete('sw-p-fresh', 1, tenant => 'sw-ttl');
-SELECT outcome FROM agentretry.claim('sw-p-waiting', '{}', 'sw_slow', 'sw-ttl');
+SELECT outcome FROM agentretry.claim('sw-p-waiting', '{}', 'sw_slow', 'sw-ttl', in_transaction => true);
 SELECT action FROM agentretry.fail('sw-p-waiting', 1, 'transient', 'pre_execution', tenant => 'sw-ttl');
 UPDATE agentretry.operations SET expires_at = clock_timestamp() - interval '1 second'
 WHERE tenant = 'sw-ttl' AND key = 'sw-p-succeeded';
@@ -183,7 +183,7 @@ WHERE tenant <> 'sw-ttl' AND expires_at IS NOT NULL GROUP BY 1, 2 ORDER BY 1, 2;
 -- again starts above it, so a worker of the purged operation holding token
 -- 2 cannot act on the new one
 SELECT tenant, max(floor) AS floor FROM agentretry.token_floors GROUP BY tenant ORDER BY tenant;
-SELECT outcome, attempt, lease_token FROM agentretry.claim('sw-p-succeeded', '{}', 'sw_idem', 'sw-ttl');
+SELECT outcome, attempt, lease_token FROM agentretry.claim('sw-p-succeeded', '{}', 'sw_idem', 'sw-ttl', in_transaction => true);
 SELECT expect_error($$SELECT agentretry.complete('sw-p-succeeded', 2, tenant => 'sw-ttl')$$, true);
 SELECT agentretry.complete('sw-p-succeeded', 3, tenant => 'sw-ttl');
 SELECT * FROM agentretry.sweep();
@@ -208,9 +208,9 @@ WHERE tenant = 'sw' AND (kind = 'verify' OR key = 'sw-dl-old') ORDER BY key, id;
 --
 -- max bounds every step; more says a step stopped at max
 --
-SELECT k, (agentretry.claim(k, '{}', 'sw_nonidem', 'sw-max')).outcome
+SELECT k, (agentretry.claim(k, '{}', 'sw_nonidem', 'sw-max', in_transaction => true)).outcome
 FROM unnest(ARRAY['sw-m-1', 'sw-m-2', 'sw-m-3']) k ORDER BY k;
-SELECT k, (agentretry.claim(k, '{}', 'sw_idem', 'sw-max')).outcome
+SELECT k, (agentretry.claim(k, '{}', 'sw_idem', 'sw-max', in_transaction => true)).outcome
 FROM unnest(ARRAY['sw-m-4', 'sw-m-5', 'sw-m-6']) k ORDER BY k;
 SELECT k, (agentretry.cancel(k, 'sw-max'))
 FROM unnest(ARRAY['sw-m-4', 'sw-m-5', 'sw-m-6']) k ORDER BY k;
@@ -222,7 +222,7 @@ SELECT * FROM agentretry.sweep(2);
 SELECT * FROM agentretry.sweep(2);
 SELECT state, count(*) FROM agentretry.operations WHERE tenant = 'sw-max' GROUP BY 1 ORDER BY 1;
 -- a step that stops exactly at max says more; the next call finds nothing
-SELECT k, (agentretry.claim(k, '{}', 'sw_nonidem', 'sw-max')).outcome
+SELECT k, (agentretry.claim(k, '{}', 'sw_nonidem', 'sw-max', in_transaction => true)).outcome
 FROM unnest(ARRAY['sw-m-7', 'sw-m-8']) k ORDER BY k;
 UPDATE agentretry.operations SET lease_expires_at = clock_timestamp() - interval '1 minute'
 WHERE tenant = 'sw-max' AND state = 'in_progress';
@@ -241,7 +241,7 @@ SELECT tenant, tool, lease, ttl FROM agentretry.set_tenant_policy('sw-pol', NULL
 	lease => '40 seconds', ttl => '2 days');
 SELECT tenant, tool, max_attempts, ttl FROM agentretry.set_tenant_policy('sw-pol', 'sw_idem',
 	max_attempts => 1, ttl => '3 days');
-SELECT t, k, (agentretry.claim(k, '{}', tool, t)).outcome
+SELECT t, k, (agentretry.claim(k, '{}', tool, t, in_transaction => true)).outcome
 FROM (VALUES ('sw-pol', 'sw-pol-nonidem', 'sw_nonidem'), ('sw-pol', 'sw-pol-idem', 'sw_idem'),
 	('sw-pol', 'sw-pol-destr', 'sw_destr'), ('sw-pol', 'sw-pol-expired', 'sw_idem'),
 	('sw-nopol', 'sw-pol-nonidem', 'sw_nonidem'), ('sw-nopol', 'sw-pol-idem', 'sw_idem'),

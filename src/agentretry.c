@@ -42,6 +42,7 @@ int			ar_deadline_grace_sec = 60;
 int			ar_run_max_retries = 5;
 int			ar_verify_stale_after_sec = 15 * SECS_PER_MINUTE;
 bool		ar_track_stats = true;
+bool		ar_allow_uncommitted_leases = false;
 
 void		_PG_init(void);
 
@@ -118,6 +119,14 @@ _PG_init(void)
 							 &ar_track_stats,
 							 true,
 							 PGC_SUSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomBoolVariable("agentretry.allow_uncommitted_leases",
+							 gettext_noop("Let claim() and claim_due() lease inside a transaction block without in_transaction => true."),
+							 gettext_noop("A lease taken in a transaction block is lost if the block does not commit; if the side effect happened meanwhile, the next claim executes it again."),
+							 &ar_allow_uncommitted_leases,
+							 false,
+							 PGC_USERSET, 0,
 							 NULL, NULL, NULL);
 
 	stats_init();

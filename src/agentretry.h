@@ -52,6 +52,7 @@ extern int	ar_deadline_grace_sec;
 extern int	ar_run_max_retries;
 extern int	ar_verify_stale_after_sec;
 extern bool ar_track_stats;
+extern bool ar_allow_uncommitted_leases;
 
 /*
  * C mirrors of the SQL enums.  The order matches the SQL label order; the
@@ -159,7 +160,6 @@ extern TupleDesc result_tupdesc(FunctionCallInfo fcinfo);
 
 /* validate.c: argument checks shared by the SQL-callable functions */
 extern char *arg_key(FunctionCallInfo fcinfo, int argno);
-extern char *arg_tenant(FunctionCallInfo fcinfo, int argno);
 extern int	arg_max(FunctionCallInfo fcinfo, int argno, int limit);
 extern char *arg_tool(FunctionCallInfo fcinfo, int argno);
 extern char *arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
@@ -167,6 +167,8 @@ extern char *arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
 extern char *arg_optional_text(FunctionCallInfo fcinfo, int argno,
 							   const char *what);
 extern int64 arg_lease_token(FunctionCallInfo fcinfo, int argno);
+extern void check_lease_outlives_call(FunctionCallInfo fcinfo, int argno,
+									  const char *fn);
 extern int64 arg_lease_usec(FunctionCallInfo fcinfo, int argno,
 							const char *what);
 extern Jsonb *arg_payload(FunctionCallInfo fcinfo, int argno,

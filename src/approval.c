@@ -28,6 +28,7 @@
 
 #include "events.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 /* Lock the operation and check that it awaits approval. */

@@ -42,6 +42,7 @@
 #include "events.h"
 #include "runs.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 /* Retries of the read/insert loop when the row keeps vanishing. */
@@ -138,7 +139,8 @@ PG_FUNCTION_INFO_V1(agentretry_claim);
 /*
  * claim(key text, args jsonb, tool text DEFAULT 'default', tenant text
  *		 DEFAULT NULL, run_id text DEFAULT NULL, step text DEFAULT NULL,
- *		 lease interval DEFAULT NULL, owner text DEFAULT NULL)
+ *		 lease interval DEFAULT NULL, owner text DEFAULT NULL,
+ *		 in_transaction boolean DEFAULT false)
  *		 returns claim_result
  *
  * Outcomes: execute (you hold the lease: act), replay (already succeeded:
@@ -149,6 +151,10 @@ PG_FUNCTION_INFO_V1(agentretry_claim);
  * must approve() first).  Raises AR001 when the key was used with other
  * args or another tool, AR004 when a new key names a run that is not
  * running.
+ *
+ * Inside a transaction block, execute requires in_transaction => true
+ * (the caller's side effect commits with the claim: pattern A); otherwise
+ * the call fails with 25001 (check_lease_outlives_call).
  *
  * Waits only on a row lock of the same key (an uncommitted claim of it, or
  * a concurrent transition).
@@ -248,6 +254,8 @@ agentretry_claim(PG_FUNCTION_ARGS)
 			record_simple_event("replay", &op, NULL, req.now);
 		}
 	}
+	if (answer.outcome == OUT_EXECUTE)
+		check_lease_outlives_call(fcinfo, 8, "claim()");
 	stats_maybe_flush(req.now, false);
 
 	/* form the row while SPI's memory (result, reason) is still alive */

@@ -21,6 +21,7 @@
 #include "events.h"
 #include "saga.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 /*

@@ -41,6 +41,7 @@
 #include "anomaly.h"
 #include "events.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 typedef struct Evidence

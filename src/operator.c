@@ -21,6 +21,7 @@
 
 #include "events.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 /* Lock the operation for an operator action, or raise AR003. */

@@ -27,6 +27,7 @@
 #include "events.h"
 #include "saga.h"
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 /* evidence observed during the attempt names another receipt */

@@ -32,6 +32,7 @@
 
 #include "cache.h"
 #include "policy.h"
+#include "tenancy.h"
 
 typedef struct TierDefault
 {

@@ -47,6 +47,7 @@
 
 #include "events.h"
 #include "reconcile.h"
+#include "tenancy.h"
 
 #define RECONCILE_MAX 100000
 
@@ -238,6 +239,11 @@ agentretry_acknowledge(PG_FUNCTION_ARGS)
 	ar_spi_begin(&spi);
 	values[0] = Int64GetDatum(id);
 	if (ar_run(&anomaly_lock_plan, values, NULL, false) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_AR_UNKNOWN_KEY),
+				 errmsg("anomaly " INT64_FORMAT " does not exist", id)));
+	/* another tenant's anomaly is not there for the caller */
+	if (!caller_may_act_for(col_text(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)))
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_UNKNOWN_KEY),
 				 errmsg("anomaly " INT64_FORMAT " does not exist", id)));

@@ -32,6 +32,7 @@
 #include "events.h"
 #include "runs.h"
 #include "saga.h"
+#include "tenancy.h"
 #include "transition.h"
 
 static ArPlan start_run_plan = {

@@ -31,6 +31,7 @@
 #include "utils/timestamp.h"
 
 #include "stats.h"
+#include "tenancy.h"
 #include "transition.h"
 
 #define CLAIM_DUE_MAX 1000
@@ -210,6 +211,194 @@ lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
 }
 
 /*
+ * Workers serving several tenants.
+ *
+ * claim_due() and claim_verifications() without a tenant, for a role that
+ * acts for several tenants, lease round-robin across them: each call
+ * visits the tenants in turn, starting after the last one this backend
+ * visited, and gives each an equal share of what is left of max (the
+ * share of a tenant with less work goes to the others), so one tenant's
+ * backlog cannot starve another's.  A call visits at most WALK_MAX(max)
+ * tenants; the next call goes on from where it stopped, so every tenant is
+ * visited however many there are.
+ *
+ * An admin (who acts for every tenant) finds the tenants with work by
+ * walking the partial index of that work one distinct tenant at a time,
+ * a bounded number of index probes.
+ */
+#define WALK_MAX(max) Max((max) * 2, 16)
+
+/* $1 after this tenant, $2 at most this many: tenants with waiting retries or leases */
+static ArPlan due_tenants_plan = {
+	"WITH RECURSIVE r(tenant, n) AS ("
+	" (SELECT o.tenant, 1 FROM agentretry.operations o"
+	"   WHERE o.state = 'retry_wait' AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
+	" UNION ALL"
+	" SELECT (SELECT o.tenant FROM agentretry.operations o"
+	"          WHERE o.state = 'retry_wait' AND o.tenant > r.tenant"
+	"          ORDER BY o.tenant LIMIT 1), r.n + 1"
+	"   FROM r WHERE r.tenant IS NOT NULL AND r.n < $2),"
+	" l(tenant, n) AS ("
+	" (SELECT o.tenant, 1 FROM agentretry.operations o"
+	"   WHERE o.state = 'in_progress' AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
+	" UNION ALL"
+	" SELECT (SELECT o.tenant FROM agentretry.operations o"
+	"          WHERE o.state = 'in_progress' AND o.tenant > l.tenant"
+	"          ORDER BY o.tenant LIMIT 1), l.n + 1"
+	"   FROM l WHERE l.tenant IS NOT NULL AND l.n < $2)"
+	" SELECT DISTINCT x.tenant FROM (SELECT tenant FROM r UNION ALL SELECT tenant FROM l) x"
+	" WHERE x.tenant IS NOT NULL ORDER BY 1 LIMIT $2",
+	2, {TEXTOID, INT4OID}
+};
+
+/*
+ * $1 after this tenant, $2 at most this many: tenants with operations to
+ * verify, walking the distinct tenants of operations_attention (which also
+ * holds dead letters and approvals) at most $2 steps
+ */
+static ArPlan verify_tenants_plan = {
+	"WITH RECURSIVE a(tenant, n) AS ("
+	" (SELECT o.tenant, 1 FROM agentretry.operations o"
+	"   WHERE o.state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled')"
+	"     AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
+	" UNION ALL"
+	" SELECT (SELECT o.tenant FROM agentretry.operations o"
+	"          WHERE o.state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled')"
+	"            AND o.tenant > a.tenant ORDER BY o.tenant LIMIT 1), a.n + 1"
+	"   FROM a WHERE a.tenant IS NOT NULL AND a.n < $2)"
+	" SELECT a.tenant FROM a WHERE a.tenant IS NOT NULL"
+	" AND EXISTS (SELECT FROM agentretry.operations v"
+	"              WHERE v.tenant = a.tenant AND v.state = 'verify')"
+	" ORDER BY 1",
+	2, {TEXTOID, INT4OID}
+};
+
+/* the last tenant a multi-tenant call of this backend visited, per kind */
+static char last_due_tenant[AR_MAX_NAME_LEN + 1];
+static char last_verify_tenant[AR_MAX_NAME_LEN + 1];
+
+static bool
+list_has_name(char **names, int n, const char *name)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(names[i], name) == 0)
+			return true;
+	return false;
+}
+
+/* run a tenant walk from after, appending new names to names[*n] */
+static void
+walk_tenants(ArPlan *plan, const char *after, int limit, char **names, int *n)
+{
+	Datum		values[2];
+	uint64		got;
+	uint64		i;
+
+	values[0] = CStringGetTextDatum(after);
+	values[1] = Int32GetDatum(limit);
+	got = ar_run(plan, values, NULL, true);
+	for (i = 0; i < got && *n < limit; i++)
+	{
+		char	   *t = col_text(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+
+		if (!list_has_name(names, *n, t))
+			names[(*n)++] = t;
+	}
+}
+
+/*
+ * The tenants to visit, in turn, after the one last visited: the caller's
+ * own, or for an admin those with work.  Returns how many (at most limit).
+ */
+static int
+tenants_in_turn(bool verify, int limit, char **names)
+{
+	const CallerTenants *t = caller_tenants();
+	const char *last = verify ? last_verify_tenant : last_due_tenant;
+	int			n = 0;
+
+	if (!t->all)
+	{
+		int			start = 0;
+		int			i;
+
+		while (start < t->n && strcmp(t->tenants[start], last) <= 0)
+			start++;
+		for (i = 0; i < t->n && n < limit; i++)
+			names[n++] = t->tenants[(start + i) % t->n];
+		return n;
+	}
+	walk_tenants(verify ? &verify_tenants_plan : &due_tenants_plan, last,
+				 limit, names, &n);
+	if (n < limit && last[0] != '\0')
+		walk_tenants(verify ? &verify_tenants_plan : &due_tenants_plan, "",
+					 limit, names, &n);
+	return n;
+}
+
+/* leases up to want rows of one tenant; returns the rows handled */
+typedef int (*TenantBatch) (ReturnSetInfo *rsinfo, const char *tenant,
+							Datum tools, bool tools_null, int want,
+							const ClaimRequest *req, int *leased);
+
+/*
+ * Round-robin over the caller's tenants: a first turn gives each tenant in
+ * turn an equal share of what is left; later turns share what is still
+ * left among the tenants that used their whole share.  Bounded like a
+ * single tenant's call: at most max * 4 rows handled.
+ */
+static int
+lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
+				  Datum tools, bool tools_null, int max,
+				  const ClaimRequest *req)
+{
+	int			limit = WALK_MAX(max);
+	char	  **names = palloc(sizeof(char *) * limit);
+	bool	   *more = palloc(sizeof(bool) * limit);
+	char	   *last = verify ? last_verify_tenant : last_due_tenant;
+	int			n = tenants_in_turn(verify, limit, names);
+	int			leased = 0;
+	int			examined = 0;
+	int			active = 0;
+	int			i;
+
+	for (i = 0; i < n && leased < max && examined < max * 4; i++)
+	{
+		int			share = (max - leased + (n - i) - 1) / (n - i);
+		int			got = batch(rsinfo, names[i], tools, tools_null, share,
+								req, &leased);
+
+		examined += got;
+		more[i] = got == share;
+		active += more[i];
+		strlcpy(last, names[i], AR_MAX_NAME_LEN + 1);
+	}
+	while (active > 0 && leased < max && examined < max * 4)
+	{
+		int			turn = active;
+
+		active = 0;
+		for (i = 0; i < n && leased < max && examined < max * 4; i++)
+		{
+			int			share;
+			int			got;
+
+			if (!more[i])
+				continue;
+			share = (max - leased + turn - 1) / turn;
+			got = batch(rsinfo, names[i], tools, tools_null, share, req,
+						&leased);
+			examined += got;
+			more[i] = got == share;
+			active += more[i];
+		}
+	}
+	return leased;
+}
+
+/*
  * What claim_due() and claim_verifications() lease for: owner (argument 0,
  * default the session's role) and lease (argument 4, default the tool's).
  */
@@ -228,9 +417,14 @@ PG_FUNCTION_INFO_V1(agentretry_claim_due);
 
 /*
  * claim_due(owner text, max integer DEFAULT 10, tools text[] DEFAULT NULL,
- *			 tenant text DEFAULT NULL, lease interval DEFAULT NULL)
+ *			 tenant text DEFAULT NULL, lease interval DEFAULT NULL,
+ *			 in_transaction boolean DEFAULT false)
  *		returns table (tenant, key, tool, args, attempt, lease_token,
  *					   lease_expires_at, run_id, step)
+ *
+ * Without a tenant, for a role acting for several tenants, it leases
+ * round-robin across them (lease_round_robin).  Inside a transaction block
+ * a lease requires in_transaction => true, as for claim().
  *
  * Leases up to max due operations of the tenant for owner: retries whose
  * next_attempt_at has passed and expired leases of idempotent tools,
@@ -248,9 +442,9 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
-	char	   *tenant = arg_tenant(fcinfo, 3);
 	bool		tools_null;
 	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
+	char	   *tenant = arg_tenant_or_all(fcinfo, 3);
 	ClaimRequest req;
 	int			leased = 0;
 	int			examined = 0;
@@ -261,8 +455,11 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);
 	saga_defer_begin();
+	if (tenant == NULL)
+		leased = lease_round_robin(rsinfo, false, lease_due_batch, tools,
+								   tools_null, max, &req);
 	/* rows that end without a lease do not count; bound the extra work */
-	while (leased < max && examined < max * 4)
+	while (tenant != NULL && leased < max && examined < max * 4)
 	{
 		int			n = lease_due_batch(rsinfo, tenant, tools, tools_null,
 										max - leased, &req, &leased);
@@ -271,6 +468,8 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 			break;
 		examined += n;
 	}
+	if (leased > 0)
+		check_lease_outlives_call(fcinfo, 5, "claim_due()");
 	saga_defer_end(req.now);
 	stats_maybe_flush(req.now, false);
 	ar_spi_end(&spi);
@@ -311,46 +510,21 @@ put_verification(ReturnSetInfo *rsinfo, const Operation *op, Datum args,
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
-PG_FUNCTION_INFO_V1(agentretry_claim_verifications);
-
-/*
- * claim_verifications(owner text DEFAULT NULL, max integer DEFAULT 10,
- *					   tools text[] DEFAULT NULL, tenant text DEFAULT NULL,
- *					   lease interval DEFAULT NULL)
- *		returns table (tenant, key, tool, args, attempt, lease_token,
- *					   lease_expires_at, run_id, step, last_failure_class,
- *					   last_failure_code, last_failure_message, since)
- *
- * Leases up to max operations of the tenant that await verification and
- * that no verifier holds, oldest first, optionally only of the given
- * tools: each is claim()'s verify outcome.  The verifier checks the target
- * system and calls resolve() with the lease_token (executed or not).  Rows
- * that other transactions hold are skipped, not waited for.  since is when
- * the operation began to await verification.
- */
-Datum
-agentretry_claim_verifications(PG_FUNCTION_ARGS)
+/* leases up to want operations of tenant to verify; returns the rows handled */
+static int
+lease_verifications_batch(ReturnSetInfo *rsinfo, const char *tenant,
+						  Datum tools, bool tools_null, int want,
+						  const ClaimRequest *req, int *leased)
 {
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
-	char	   *tenant = arg_tenant(fcinfo, 3);
-	bool		tools_null;
-	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
-	ClaimRequest req;
 	Datum		values[4];
 	char		nulls[4] = {' ', ' ', ' ', tools_null ? 'n' : ' '};
 	SPITupleTable *tt;
 	uint64		got;
 	uint64		i;
-	ArSpi		spi;
 
-	lease_request(fcinfo, &req);
-
-	InitMaterializedSRF(fcinfo, 0);
-	ar_spi_begin(&spi);
 	values[0] = CStringGetTextDatum(tenant);
-	values[1] = TimestampTzGetDatum(req.now);
-	values[2] = Int32GetDatum(max);
+	values[1] = TimestampTzGetDatum(req->now);
+	values[2] = Int32GetDatum(want);
 	values[3] = tools;
 	got = ar_run(&due_verifications_plan, values, nulls, false);
 	tt = SPI_tuptable;			/* kept until SPI_finish */
@@ -366,10 +540,58 @@ agentretry_claim_verifications(PG_FUNCTION_ARGS)
 		operation_from_row(tt->vals[i], tt->tupdesc, &op);
 		args = SPI_getbinval(tt->vals[i], tt->tupdesc, AR_OP_SELECT_NCOLUMNS + 1, &isnull);
 		since = col_ts(tt->vals[i], tt->tupdesc, AR_OP_SELECT_NCOLUMNS + 2);
-		claim_transition(&op, &req, &a);
+		claim_transition(&op, req, &a);
 		if (a.outcome == OUT_VERIFY)
+		{
 			put_verification(rsinfo, &op, args, since, &a);
+			(*leased)++;
+		}
 	}
+	return (int) got;
+}
+
+PG_FUNCTION_INFO_V1(agentretry_claim_verifications);
+
+/*
+ * claim_verifications(owner text DEFAULT NULL, max integer DEFAULT 10,
+ *					   tools text[] DEFAULT NULL, tenant text DEFAULT NULL,
+ *					   lease interval DEFAULT NULL)
+ *		returns table (tenant, key, tool, args, attempt, lease_token,
+ *					   lease_expires_at, run_id, step, last_failure_class,
+ *					   last_failure_code, last_failure_message, since)
+ *
+ * Without a tenant, for a role acting for several tenants, it leases
+ * round-robin across them, as claim_due() does.
+ *
+ * Leases up to max operations of the tenant that await verification and
+ * that no verifier holds, oldest first, optionally only of the given
+ * tools: each is claim()'s verify outcome.  The verifier checks the target
+ * system and calls resolve() with the lease_token (executed or not).  Rows
+ * that other transactions hold are skipped, not waited for.  since is when
+ * the operation began to await verification.
+ */
+Datum
+agentretry_claim_verifications(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			max = arg_max(fcinfo, 1, CLAIM_DUE_MAX);
+	bool		tools_null;
+	Datum		tools = arg_tools(fcinfo, 2, &tools_null);
+	char	   *tenant = arg_tenant_or_all(fcinfo, 3);
+	ClaimRequest req;
+	int			leased = 0;
+	ArSpi		spi;
+
+	lease_request(fcinfo, &req);
+
+	InitMaterializedSRF(fcinfo, 0);
+	ar_spi_begin(&spi);
+	if (tenant == NULL)
+		lease_round_robin(rsinfo, true, lease_verifications_batch, tools,
+						  tools_null, max, &req);
+	else
+		lease_verifications_batch(rsinfo, tenant, tools, tools_null, max,
+								  &req, &leased);
 	stats_maybe_flush(req.now, false);
 	ar_spi_end(&spi);
 	return (Datum) 0;

@@ -13,6 +13,7 @@ AR_PACKAGES=(
 	pgtap
 	libipc-run-perl
 	libtap-parser-sourcehandler-pgtap-perl
+	python3-psycopg
 )
 
 # Packages that come with a service of their own, of which only the program

@@ -15,6 +15,9 @@
 -- counts are computed from the time the ledger row records for the
 -- decision (the same now the debit used), so they are exact.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
 SELECT plan(271);

@@ -3,6 +3,9 @@
 --
 -- Every call passes a fixed now, so expected timestamps are exact.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
 SELECT plan(43);

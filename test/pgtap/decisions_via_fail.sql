@@ -4,6 +4,9 @@
 -- The passage of time is simulated by moving next_attempt_at,
 -- lease_expires_at or deadline into the past, as superuser.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SET LOCAL timezone = 'UTC';
 SELECT plan(71);

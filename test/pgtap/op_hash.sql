@@ -1,6 +1,9 @@
 -- op_hash(): equal exactly when the jsonb values are equal, ignore drops
 -- top-level keys only, and the canonical encoding is pinned.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SELECT plan(50);
 

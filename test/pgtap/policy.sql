@@ -1,6 +1,9 @@
 -- register_tool(): validation, replacement; tier_defaults(); privileges of
 -- PUBLIC and the three roles; SECURITY DEFINER functions pin search_path.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SELECT plan(75);
 

@@ -4,6 +4,9 @@
 -- the lease and deadline of a new claim, the TTL of a completion, and the
 -- approval gate of a new claim.
 BEGIN;
+-- every claim here runs inside this file's transaction, which is
+-- rolled back at the end: no lease needs to outlive it
+SET LOCAL agentretry.allow_uncommitted_leases = on;
 SET LOCAL search_path = public, agentretry;
 SELECT plan(275);
 

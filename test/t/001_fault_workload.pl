@@ -552,7 +552,8 @@ PostgreSQL::Test::Utils::append_to_file(
 	$script, qq{\\set n random(1, $n_keys)
 BEGIN;
 SELECT (outcome = 'execute')::int AS go, coalesce(lease_token, 0) AS tok
-  FROM agentretry.claim('a-' || :n, jsonb_build_object('n', :n), 'ledger') \\gset
+  FROM agentretry.claim('a-' || :n, jsonb_build_object('n', :n), 'ledger',
+		in_transaction => true) \\gset
 \\if :go
 INSERT INTO effects (key) VALUES ('a-' || :n);
 SELECT agentretry.complete('a-' || :n, :tok, '{"ok": true}');
@@ -567,7 +568,7 @@ foreach my $i (1 .. 3)
 {
 	my ($in, $out, $err) = (
 		qq{BEGIN;
-SELECT lease_token FROM agentretry.claim('a-open-$i', '{}', 'ledger');
+SELECT lease_token FROM agentretry.claim('a-open-$i', '{}', 'ledger', in_transaction => true);
 INSERT INTO effects (key) VALUES ('a-open-$i');
 SELECT agentretry.complete('a-open-$i', 1);
 SELECT pg_sleep(300);

@@ -172,8 +172,10 @@ is( query($jobs_sql),
 # value is when the leases were made to expire.
 my $expire_sql = q{
 BEGIN;
-SELECT outcome, lease_token FROM agentretry.claim('op-fetch', '{"n": 1}', 'fetch', owner => 'worker-1');
-SELECT outcome, lease_token FROM agentretry.claim('op-send', '{"n": 2}', 'send', owner => 'worker-1');
+SELECT outcome, lease_token FROM agentretry.claim('op-fetch', '{"n": 1}', 'fetch', owner => 'worker-1',
+	in_transaction => true);
+SELECT outcome, lease_token FROM agentretry.claim('op-send', '{"n": 2}', 'send', owner => 'worker-1',
+	in_transaction => true);
 UPDATE agentretry.operations SET lease_expires_at = clock_timestamp() - interval '1 minute';
 SELECT clock_timestamp();
 COMMIT;

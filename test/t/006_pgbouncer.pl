@@ -485,7 +485,7 @@ is("$r->{rows}[0][0] $r->{rows}[0][1]", 'execute 1', 'core: k4 executes with a l
 # ---------------------------------------------------------------------------
 my $args42 = '{"order": 42, "amount_cents": 1999}';
 sql($A, 'BEGIN');
-$r = call_on(undef, $A, claim_sql('order-42:refund', $args42, 'refund', 'shop'));
+$r = call_on(undef, $A, claim_sql('order-42:refund', $args42, 'refund', 'shop', 'in_transaction => true'));
 my ($out42, $att42, $tok42) = @{ $r->{rows}[0] // [] };
 my $a_pid = $r->{pid};
 is("$out42 $att42", 'execute 1', 'pattern A: the claim in the transaction executes');
@@ -518,7 +518,7 @@ push @calls, { client => 'client-b', pid => $b_pid, sql => 'pattern A claim' };
 # rolled back: neither the operation nor the effect
 my $args43 = '{"order": 43, "amount_cents": 500}';
 sql($C, 'BEGIN');
-$r = call_on(undef, $C, claim_sql('order-43:refund', $args43, 'refund', 'shop'));
+$r = call_on(undef, $C, claim_sql('order-43:refund', $args43, 'refund', 'shop', 'in_transaction => true'));
 my ($out43, $att43, $tok43) = @{ $r->{rows}[0] // [] };
 is($out43, 'execute', 'pattern A, rolled back: the claim executes');
 call_on(undef, $C, 'INSERT INTO effects VALUES (43, 500, pg_backend_pid()) RETURNING order_id, pg_backend_pid()');
@@ -531,7 +531,7 @@ is(val($B, 'SELECT count(*) FROM effects WHERE order_id = 43'), '0', 'pattern A,
 
 # and done again, committed this time, by client b
 sql($B, 'BEGIN');
-$r = call_on(undef, $B, claim_sql('order-43:refund', $args43, 'refund', 'shop'));
+$r = call_on(undef, $B, claim_sql('order-43:refund', $args43, 'refund', 'shop', 'in_transaction => true'));
 ($out43, $att43, $tok43) = @{ $r->{rows}[0] // [] };
 is("$out43 $att43", 'execute 1', 'pattern A, again: a new claim executes attempt 1');
 call_on(undef, $B, 'INSERT INTO effects VALUES (43, 500, pg_backend_pid()) RETURNING order_id, pg_backend_pid()');

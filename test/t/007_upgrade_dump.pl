@@ -296,6 +296,8 @@ SELECT agentretry.acknowledge(id, 'checked') FROM agentretry.anomalies WHERE key
 SELECT 'slept' FROM pg_sleep(0.01);
 SELECT (agentretry.sweep()).operations_purged;
 SELECT agentretry.flush_stats();
+-- a membership (a predefined role, present in every cluster): tenancy on
+SELECT agentretry.add_tenant_member('pg_read_all_stats', 'acme');
 });
 
 my %config = map { my ($rel, $kind, $cond) = split /\|/; ($rel => [ $kind, $cond // '' ]) }
@@ -385,7 +387,7 @@ my $work = query($dst, q{
 SET agentretry.trace_all = on;
 -- a restored success replays its result, in either tenant
 SELECT 'replay acme', outcome, result FROM agentretry.claim('k-done', '{"amount": 10}', 't_pay', 'acme');
-SELECT 'replay default', outcome, result FROM agentretry.claim('k-done', '{"n": 7}', 't_fetch');
+SELECT 'replay default', outcome, result FROM agentretry.claim('k-done', '{"n": 7}', 't_fetch', 'default');
 -- a restored lease still holds
 SELECT 'leased', outcome FROM agentretry.claim('k-leased', '{"n": 1}', 't_fetch', 'acme');
 -- a restored retry waits, a restored verification verifies
