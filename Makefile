@@ -11,6 +11,7 @@ OBJS = \
 	src/claim.o \
 	src/decide.o \
 	src/events.o \
+	src/guard.o \
 	src/lease.o \
 	src/op_hash.o \
 	src/operator.o \

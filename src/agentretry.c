@@ -130,6 +130,7 @@ _PG_init(void)
 							 NULL, NULL, NULL);
 
 	stats_init();
+	guard_init();
 
 #if PG_VERSION_NUM >= 150000
 	MarkGUCPrefixReserved("agentretry");

@@ -158,6 +158,11 @@ extern Interval *usec_interval(int64 usec);
 extern TimestampTz ts_add_usec(TimestampTz ts, int64 usec);
 extern TupleDesc result_tupdesc(FunctionCallInfo fcinfo);
 
+/* guard.c: the pattern-B trap */
+extern void guard_init(void);
+extern bool lease_guarded(FunctionCallInfo fcinfo, int argno);
+extern void refuse_uncommitted_lease(const char *fn) pg_attribute_noreturn();
+
 /* validate.c: argument checks shared by the SQL-callable functions */
 extern char *arg_key(FunctionCallInfo fcinfo, int argno);
 extern int	arg_max(FunctionCallInfo fcinfo, int argno, int limit);
@@ -167,8 +172,6 @@ extern char *arg_name(FunctionCallInfo fcinfo, int argno, const char *what,
 extern char *arg_optional_text(FunctionCallInfo fcinfo, int argno,
 							   const char *what);
 extern int64 arg_lease_token(FunctionCallInfo fcinfo, int argno);
-extern void check_lease_outlives_call(FunctionCallInfo fcinfo, int argno,
-									  const char *fn);
 extern int64 arg_lease_usec(FunctionCallInfo fcinfo, int argno,
 							const char *what);
 extern Jsonb *arg_payload(FunctionCallInfo fcinfo, int argno,

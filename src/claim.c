@@ -154,7 +154,7 @@ PG_FUNCTION_INFO_V1(agentretry_claim);
  *
  * Inside a transaction block, execute requires in_transaction => true
  * (the caller's side effect commits with the claim: pattern A); otherwise
- * the call fails with 25001 (check_lease_outlives_call).
+ * the call fails with 25001 (guard.c).
  *
  * Waits only on a row lock of the same key (an uncommitted claim of it, or
  * a concurrent transition).
@@ -171,6 +171,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	ArSpi		spi;
 	Datum		result;
 	int			tries;
+	bool		guarded = lease_guarded(fcinfo, 8);
 
 	memset(&op, 0, sizeof(op));
 	req.tool = arg_tool(fcinfo, 2);
@@ -185,6 +186,8 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	req.now = GetCurrentTimestamp();
 
 	ar_spi_begin(&spi);
+	if (guarded)
+		stats_stage_begin();
 	for (tries = 0;; tries++)
 	{
 		if (tries >= CLAIM_MAX_TRIES)
@@ -254,8 +257,12 @@ agentretry_claim(PG_FUNCTION_ARGS)
 			record_simple_event("replay", &op, NULL, req.now);
 		}
 	}
-	if (answer.outcome == OUT_EXECUTE)
-		check_lease_outlives_call(fcinfo, 8, "claim()");
+	if (guarded)
+	{
+		stats_stage_end(answer.outcome != OUT_EXECUTE);
+		if (answer.outcome == OUT_EXECUTE)
+			refuse_uncommitted_lease("claim()");
+	}
 	stats_maybe_flush(req.now, false);
 
 	/* form the row while SPI's memory (result, reason) is still alive */

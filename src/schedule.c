@@ -448,12 +448,15 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 	ClaimRequest req;
 	int			leased = 0;
 	int			examined = 0;
+	bool		guarded = lease_guarded(fcinfo, 5);
 	ArSpi		spi;
 
 	lease_request(fcinfo, &req);
 
 	InitMaterializedSRF(fcinfo, 0);
 	ar_spi_begin(&spi);
+	if (guarded)
+		stats_stage_begin();
 	saga_defer_begin();
 	if (tenant == NULL)
 		leased = lease_round_robin(rsinfo, false, lease_due_batch, tools,
@@ -468,8 +471,12 @@ agentretry_claim_due(PG_FUNCTION_ARGS)
 			break;
 		examined += n;
 	}
-	if (leased > 0)
-		check_lease_outlives_call(fcinfo, 5, "claim_due()");
+	if (guarded)
+	{
+		stats_stage_end(leased == 0);
+		if (leased > 0)
+			refuse_uncommitted_lease("claim_due()");
+	}
 	saga_defer_end(req.now);
 	stats_maybe_flush(req.now, false);
 	ar_spi_end(&spi);

@@ -85,6 +85,24 @@ static SubTransactionId inflight_subid = InvalidSubTransactionId;
 static TimestampTz last_flush = 0;
 static TimestampTz prepared_bucket = 0; /* a prepared transaction holds it */
 
+/*
+ * Counts of a call that may yet be refused (claim() or claim_due() inside
+ * a transaction block, src/guard.c) are staged and kept only if it is not:
+ * a refused call answered nothing.  Entries are not forgotten during a
+ * call, so the pointers stay valid.
+ */
+typedef struct StagedCount
+{
+	StatEntry  *e;
+	int			slot;
+} StagedCount;
+
+static bool staging = false;
+static SubTransactionId staging_subid = InvalidSubTransactionId;
+static StagedCount *staged = NULL;
+static int	nstaged = 0;
+static int	maxstaged = 0;
+
 static ArPlan upsert_plan = {
 	"INSERT INTO agentretry.stats_counts AS s"
 	" (tenant, bucket, tool, backend, first_attempts, executions, replays,"
@@ -173,9 +191,47 @@ count_slot(const char *tenant, const char *tool, int slot)
 	if (!ar_track_stats)
 		return;
 	e = stat_entry(tenant, tool);
+	if (staging)
+	{
+		if (nstaged == maxstaged)
+		{
+			maxstaged = Max(64, maxstaged * 2);
+			staged = staged == NULL ?
+				MemoryContextAlloc(TopMemoryContext, sizeof(StagedCount) * maxstaged) :
+				repalloc(staged, sizeof(StagedCount) * maxstaged);
+		}
+		staged[nstaged].e = e;
+		staged[nstaged++].slot = slot;
+		return;
+	}
 	e->pending[slot]++;
 	e->has_pending = true;
 	any_pending = true;
+}
+
+/* from now on, counts wait for stats_stage_end() */
+void
+stats_stage_begin(void)
+{
+	staging = true;
+	staging_subid = GetCurrentSubTransactionId();
+	nstaged = 0;
+}
+
+/* keep the staged counts, or forget them */
+void
+stats_stage_end(bool keep)
+{
+	int			i;
+
+	staging = false;
+	for (i = 0; keep && i < nstaged; i++)
+	{
+		staged[i].e->pending[staged[i].slot]++;
+		staged[i].e->has_pending = true;
+		any_pending = true;
+	}
+	nstaged = 0;
 }
 
 void
@@ -359,6 +415,9 @@ end_inflight(bool kept)
 static void
 stats_xact_callback(XactEvent event, void *arg)
 {
+	/* a call that failed left its staged counts: they answered nothing */
+	staging = false;
+	nstaged = 0;
 	if (!any_inflight)
 		return;
 	switch (event)
@@ -391,6 +450,21 @@ static void
 stats_subxact_callback(SubXactEvent event, SubTransactionId mySubid,
 					   SubTransactionId parentSubid, void *arg)
 {
+	/*
+	 * A call that failed in a subtransaction (a PL/pgSQL exception block)
+	 * left its staged counts; the call's own subtransactions (a budget's
+	 * gather) do not end its staging.
+	 */
+	if (staging && staging_subid == mySubid)
+	{
+		if (event == SUBXACT_EVENT_ABORT_SUB)
+		{
+			staging = false;
+			nstaged = 0;
+		}
+		else if (event == SUBXACT_EVENT_COMMIT_SUB)
+			staging_subid = parentSubid;
+	}
 	if (!any_inflight || inflight_subid != mySubid)
 		return;
 	if (event == SUBXACT_EVENT_COMMIT_SUB)

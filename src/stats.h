@@ -34,6 +34,8 @@ typedef enum StatCounter
 #define ST_NBUCKETS 16
 
 extern void stats_init(void);
+extern void stats_stage_begin(void);
+extern void stats_stage_end(bool keep);
 extern void stats_count(const char *tenant, const char *tool, StatCounter c);
 extern void stats_count_attempt(const Operation *op, bool first);
 extern void stats_count_replay(const char *tenant, const char *tool);

@@ -14,7 +14,6 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
@@ -107,41 +106,6 @@ arg_optional_text(FunctionCallInfo fcinfo, int argno, const char *what)
 				 errdetail("The %s value is %d bytes; the limit is %d bytes.",
 						   what, (int) VARSIZE_ANY_EXHDR(t), ar_max_payload)));
 	return text_to_cstring(t);
-}
-
-/*
- * The pattern-B trap: a lease handed out inside a transaction block exists
- * only if that block commits.  A caller that acts before committing (a
- * driver that opens a transaction for it, as psycopg does by default) and
- * then dies loses the lease with the transaction, and the next claim
- * executes the side effect again.  So a lease inside a transaction block
- * must be asked for with in_transaction => true (argument argno): the
- * caller's side effect commits or rolls back with the claim (pattern A).
- * Called once the call is about to hand out a lease; the error rolls its
- * work back.
- */
-void
-check_lease_outlives_call(FunctionCallInfo fcinfo, int argno, const char *fn)
-{
-	/*
-	 * The trap is a block that a BEGIN opened before the running statement:
-	 * then the transaction started before the statement.  A transaction
-	 * that started with the statement commits before the client sees the
-	 * lease (a query string of several statements, a PL/pgSQL exception
-	 * block run from autocommit: a subtransaction), and one that started
-	 * after it was started by a procedure's COMMIT, inside the call.
-	 */
-	if (!IsTransactionBlock() ||
-		GetCurrentTransactionStartTimestamp() >= GetCurrentStatementStartTimestamp() ||
-		ar_allow_uncommitted_leases)
-		return;
-	if (!PG_ARGISNULL(argno) && PG_GETARG_BOOL(argno))
-		return;
-	ereport(ERROR,
-			(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-			 errmsg("%s cannot lease inside a transaction block without in_transaction => true", fn),
-			 errdetail("The lease would exist only once this transaction commits; if the side effect happens first and the transaction does not commit, the next claim executes it again."),
-			 errhint("Commit the claim before acting (autocommit), or pass in_transaction => true when the side effect commits in this same transaction.")));
 }
 
 int64

@@ -1,0 +1,109 @@
+/*-------------------------------------------------------------------------
+ *
+ * guard.c
+ *	  The pattern-B trap: no lease that exists only in an open transaction
+ *	  block, unless the caller says its side effect commits with it.
+ *
+ * A lease handed out inside a transaction block exists only once that
+ * block commits.  A caller that acts before committing (a driver that opens
+ * a transaction for it, as psycopg 3 does by default) and then dies loses
+ * the lease with the transaction, and the next claim executes the side
+ * effect again, silently.  So claim() and claim_due() refuse to lease
+ * inside a block that a BEGIN opened before the running statement, unless
+ * they are called with in_transaction => true: the side effect commits or
+ * rolls back with the claim (pattern A).
+ *
+ * Which blocks are such blocks.  IsTransactionBlock() is also true for the
+ * implicit block of a query string of several statements, and inside a
+ * subtransaction (a PL/pgSQL block with an EXCEPTION clause), where the
+ * client cannot act before the lease commits.  Two signs tell a BEGIN:
+ *
+ *	- a transaction that began before the running statement (BEGIN sent on
+ *	  its own, as drivers do): its start is earlier than the statement's.
+ *	  One that began with the statement is an implicit block; one that
+ *	  began after it was begun by a procedure's COMMIT, inside the call;
+ *	- a BEGIN or START TRANSACTION seen by the ProcessUtility hook in this
+ *	  transaction, for "BEGIN; SELECT claim(...)" sent as one string.  The
+ *	  hook is there once the library is loaded (preloaded, or by an earlier
+ *	  agentretry call of the session).
+ *
+ * src/guard.c
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "fmgr.h"
+#include "nodes/parsenodes.h"
+#include "tcop/utility.h"
+#include "utils/timestamp.h"
+
+#include "agentretry.h"
+
+static ProcessUtility_hook_type prev_process_utility = NULL;
+static bool begun_explicitly = false;
+
+static void
+guard_process_utility(PlannedStmt *pstmt, const char *queryString,
+					  bool readOnlyTree, ProcessUtilityContext context,
+					  ParamListInfo params, QueryEnvironment *queryEnv,
+					  DestReceiver *dest, QueryCompletion *qc)
+{
+	Node	   *parsetree = pstmt->utilityStmt;
+
+	if (prev_process_utility)
+		prev_process_utility(pstmt, queryString, readOnlyTree, context,
+							 params, queryEnv, dest, qc);
+	else
+		standard_ProcessUtility(pstmt, queryString, readOnlyTree, context,
+								params, queryEnv, dest, qc);
+	if (IsA(parsetree, TransactionStmt))
+	{
+		TransactionStmtKind kind = ((TransactionStmt *) parsetree)->kind;
+
+		if (kind == TRANS_STMT_BEGIN || kind == TRANS_STMT_START)
+			begun_explicitly = IsTransactionBlock();
+	}
+}
+
+static void
+guard_xact_callback(XactEvent event, void *arg)
+{
+	begun_explicitly = false;
+}
+
+void
+guard_init(void)
+{
+	prev_process_utility = ProcessUtility_hook;
+	ProcessUtility_hook = guard_process_utility;
+	RegisterXactCallback(guard_xact_callback, NULL);
+}
+
+/*
+ * Would a lease handed out now be refused?  in_transaction is argument
+ * argno; agentretry.allow_uncommitted_leases turns the refusal off.
+ */
+bool
+lease_guarded(FunctionCallInfo fcinfo, int argno)
+{
+	if (ar_allow_uncommitted_leases || !IsTransactionBlock())
+		return false;
+	if (!PG_ARGISNULL(argno) && PG_GETARG_BOOL(argno))
+		return false;
+	return begun_explicitly ||
+		GetCurrentTransactionStartTimestamp() < GetCurrentStatementStartTimestamp();
+}
+
+/* the error of a refused lease; it rolls the call's work back */
+void
+refuse_uncommitted_lease(const char *fn)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+			 errmsg("%s cannot lease inside a transaction block without in_transaction => true", fn),
+			 errdetail("The lease would exist only once this transaction commits; if the side effect happens first and the transaction does not commit, the next claim executes it again."),
+			 errhint("Commit the claim before acting (autocommit), or pass in_transaction => true when the side effect commits in this same transaction.")));
+	pg_unreachable();
+}
