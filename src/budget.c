@@ -279,10 +279,17 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	return count;
 }
 
+/*
+ * Seconds of an interval as float8.  date_part(), not extract(): extract
+ * computes in numeric since PostgreSQL 14, several times slower, and these
+ * expressions run for every stripe of every budget of every retry.
+ */
+#define SECONDS(iv) "date_part('epoch', " iv ")"
+
 /* a stripe's tokens as of now ($4): lazy refill, capped at its share */
 #define STRIPE_AVAILABLE(s) \
 	"least($5 / $7, " s ".tokens + $6 / $7" \
-	" * greatest(extract(epoch FROM $4 - " s ".refilled_at)::float8, 0))"
+	" * greatest(" SECONDS("$4 - " s ".refilled_at") ", 0))"
 
 /* how far into its ratio window a stripe is at now ($4), window $10 */
 #define INTO_WINDOW(s) "($4 - " s ".win_start)"
@@ -291,9 +298,9 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 #define SLIDING(s, cur, prev) \
 	"(CASE WHEN " INTO_WINDOW(s) " >= 2 * $10 THEN 0" \
 	" WHEN " INTO_WINDOW(s) " >= $10 THEN " s "." cur \
-	"  * (1 - extract(epoch FROM " INTO_WINDOW(s) " - $10) / extract(epoch FROM $10))" \
+	"  * (1 - " SECONDS(INTO_WINDOW(s) " - $10") " / " SECONDS("$10") ")" \
 	" ELSE " s "." cur " + " s "." prev \
-	"  * (1 - extract(epoch FROM " INTO_WINDOW(s) ") / extract(epoch FROM $10)) END)"
+	"  * (1 - " SECONDS(INTO_WINDOW(s)) " / " SECONDS("$10") ") END)"
 
 /*
  * Pay $8 tokens (0: none) from the first stripe of the budget ($1-$3) that
@@ -306,10 +313,21 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
  * statement's snapshot (read, not locked), so the totals are the whole
  * budget's.
  */
-#define DEBIT_SQL \
-	"UPDATE agentretry.budget_stripes s SET" \
+/* the stripe to debit: the first that can pay $8 and that nobody holds */
+#define DEBIT_WHERE \
+	" WHERE (s.tenant, s.scope, s.subject, s.stripe) = (" \
+	"  SELECT x.tenant, x.scope, x.subject, x.stripe FROM agentretry.budget_stripes x" \
+	"  WHERE x.tenant = $1 AND x.scope = $2::agentretry.budget_scope AND x.subject = $3" \
+	"  AND ($8 = 0 OR " STRIPE_AVAILABLE("x") " >= $8 - " TOKENS_SLACK " * greatest(1, $8))" \
+	"  ORDER BY (x.stripe + $9) % $7 LIMIT 1 FOR UPDATE SKIP LOCKED)"
+
+/* the stripe's tokens paid, refilled to now */
+#define DEBIT_TOKENS \
 	" tokens = greatest(" STRIPE_AVAILABLE("s") " - $8, 0)," \
-	" refilled_at = greatest(s.refilled_at, $4)," \
+	" refilled_at = greatest(s.refilled_at, $4)"
+
+/* its window moved forward to now, and the counts added to it */
+#define DEBIT_COUNTS \
 	" win_start = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN $4" \
 	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.win_start + $10 ELSE s.win_start END," \
 	" prev_first = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
@@ -317,29 +335,79 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	" prev_retries = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
 	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.cur_retries ELSE s.prev_retries END," \
 	" cur_first = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_first END + $11," \
-	" cur_retries = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_retries END + $12" \
-	" WHERE (s.tenant, s.scope, s.subject, s.stripe) = (" \
-	"  SELECT x.tenant, x.scope, x.subject, x.stripe FROM agentretry.budget_stripes x" \
-	"  WHERE x.tenant = $1 AND x.scope = $2::agentretry.budget_scope AND x.subject = $3" \
-	"  AND ($8 = 0 OR " STRIPE_AVAILABLE("x") " >= $8 - " TOKENS_SLACK " * greatest(1, $8))" \
-	"  ORDER BY (x.stripe + $9) % $7 LIMIT 1 FOR UPDATE SKIP LOCKED)" \
-	" RETURNING s.stripe, s.tokens," \
+	" cur_retries = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_retries END + $12"
+
+/* the stripe's sliding counts after the debit */
+#define DEBIT_SLIDING \
 	"  (s.cur_first + s.prev_first" \
-	"   * (1 - extract(epoch FROM " INTO_WINDOW("s") ") / extract(epoch FROM $10)))::float8," \
+	"   * (1 - " SECONDS(INTO_WINDOW("s")) " / " SECONDS("$10") "))::float8," \
 	"  (s.cur_retries + s.prev_retries" \
-	"   * (1 - extract(epoch FROM " INTO_WINDOW("s") ") / extract(epoch FROM $10)))::float8," \
-	"  (SELECT ARRAY[coalesce(sum(" STRIPE_AVAILABLE("y") "), 0)," \
-	"    coalesce(sum(" SLIDING("y", "cur_first", "prev_first") "), 0)::float8," \
-	"    coalesce(sum(" SLIDING("y", "cur_retries", "prev_retries") "), 0)::float8]" \
+	"   * (1 - " SECONDS(INTO_WINDOW("s")) " / " SECONDS("$10") "))::float8,"
+
+#define OTHER_STRIPES \
 	"   FROM agentretry.budget_stripes y" \
 	"   WHERE y.tenant = $1 AND y.scope = $2::agentretry.budget_scope" \
 	"   AND y.subject = $3 AND y.stripe <> s.stripe)"
 
-static ArPlan debit_plan = {
-	DEBIT_SQL, 12,
-	{TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID,
+/*
+ * Pay $8 tokens (0: none) from the first stripe of the budget ($1-$3) that
+ * can, counting $11 first attempts and $12 retries in its window (moved
+ * forward to now first); return the stripe, its tokens and its sliding
+ * counts after it.  $5 capacity (0 without a bucket), $6 refill, $7
+ * stripes, $9 the stripe to start from, $10 the ratio window.  (A clock
+ * read before this call may be older than a stripe's refilled_at: time
+ * never runs backwards for a stripe.)  The other stripes' figures come from the same
+ * statement's snapshot (read, not locked), so the totals are the whole
+ * budget's.
+ *
+ * Three texts: a budget with a bucket and a ratio, one with a bucket only
+ * (no window is kept: its counts are never read), one with a ratio only
+ * (no tokens).  All take the same twelve parameters.
+ */
+#define DEBIT_SQL \
+	"UPDATE agentretry.budget_stripes s SET" DEBIT_TOKENS "," DEBIT_COUNTS \
+	DEBIT_WHERE \
+	" RETURNING s.stripe, s.tokens," DEBIT_SLIDING \
+	"  (SELECT ARRAY[coalesce(sum(" STRIPE_AVAILABLE("y") "), 0)," \
+	"    coalesce(sum(" SLIDING("y", "cur_first", "prev_first") "), 0)::float8," \
+	"    coalesce(sum(" SLIDING("y", "cur_retries", "prev_retries") "), 0)::float8]" \
+	OTHER_STRIPES
+
+#define DEBIT_BUCKET_SQL \
+	"UPDATE agentretry.budget_stripes s SET" DEBIT_TOKENS \
+	DEBIT_WHERE \
+	" RETURNING s.stripe, s.tokens, 0::float8, 0::float8," \
+	"  (SELECT ARRAY[coalesce(sum(" STRIPE_AVAILABLE("y") "), 0), 0, 0]" \
+	OTHER_STRIPES
+
+#define DEBIT_RATIO_SQL \
+	"UPDATE agentretry.budget_stripes s SET" DEBIT_COUNTS \
+	DEBIT_WHERE \
+	" RETURNING s.stripe, s.tokens," DEBIT_SLIDING \
+	"  (SELECT ARRAY[0," \
+	"    coalesce(sum(" SLIDING("y", "cur_first", "prev_first") "), 0)::float8," \
+	"    coalesce(sum(" SLIDING("y", "cur_retries", "prev_retries") "), 0)::float8]" \
+	OTHER_STRIPES
+
+#define DEBIT_ARGTYPES \
+	{TEXTOID, TEXTOID, TEXTOID, TIMESTAMPTZOID, FLOAT8OID, FLOAT8OID, INT4OID, \
 	FLOAT8OID, INT4OID, INTERVALOID, INT4OID, INT4OID}
-};
+
+static ArPlan debit_bucket_plan = {DEBIT_BUCKET_SQL, 12, DEBIT_ARGTYPES};
+static ArPlan debit_ratio_plan = {DEBIT_RATIO_SQL, 12, DEBIT_ARGTYPES};
+
+static ArPlan debit_plan = {DEBIT_SQL, 12, DEBIT_ARGTYPES};
+
+/* the statement that debits b */
+static ArPlan *
+debit_plan_of(const Budget *b)
+{
+	if (!b->has_ratio)
+		return &debit_bucket_plan;
+	if (!b->has_bucket)
+		return &debit_ratio_plan;
+	return &debit_plan;
+}
 
 /*
  * The next stripe of the budget ($1-$3) that has tokens, that nobody else
@@ -535,7 +603,7 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	values[11] = Int32GetDatum(retries);
 
 	d->ngathered = 0;
-	if (ar_run(&debit_plan, values, NULL, false) == 0)
+	if (ar_run(debit_plan_of(b), values, NULL, false) == 0)
 	{
 		/*
 		 * No stripe alone could pay: the free ones together may, if all of
@@ -552,7 +620,7 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 			return false;
 		/* count the retry on a stripe, paying nothing more */
 		values[7] = Float8GetDatum(0);
-		if (ar_run(&debit_plan, values, NULL, false) == 0)
+		if (ar_run(debit_plan_of(b), values, NULL, false) == 0)
 			elog(ERROR, "agentretry: a budget stripe vanished while locked");
 	}
 	tup = SPI_tuptable->vals[0];
@@ -591,7 +659,7 @@ refund(const Operation *op, const Debit *d)
 	values[2] = CStringGetTextDatum(d->b->subject);
 	values[3] = Int32GetDatum(d->stripe);
 	values[4] = Float8GetDatum(d->ngathered > 0 ? 0 : d->cost);
-	values[5] = Int32GetDatum(1);
+	values[5] = Int32GetDatum(d->b->has_ratio ? 1 : 0);	/* counted only for a ratio */
 	ar_run(&refund_plan, values, NULL, false);
 	for (i = 0; i < d->ngathered; i++)
 	{
