@@ -37,11 +37,11 @@ DATA = $(wildcard sql/agentretry--*.sql)
 PGFILEDESC = "agentretry - safe retries for side-effecting tool calls"
 
 # pg_regress suite: sql/NAME.sql against expected/NAME.out
-REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples readme_runs budget_cache scheduling sweep operator upgrade runs compensation approvals reconcile stats bad_input
+REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples readme_runs budget_cache scheduling sweep operator upgrade runs compensation approvals reconcile stats bad_input tenancy
 REGRESS_OPTS = --inputdir=. --outputdir=build/regress
 
 # isolation specs: test/isolation/specs/NAME.spec
-ISOLATION = claim_pattern_a claim_pattern_b fenced_complete expired_lease_race lease_takeover_race verify_race claim_after_wait repeatable_read claim_due_concurrent sweep_claim_race sweep_overlap requeue_claim_due sweep_notify policy_cache budget_concurrent_debits budget_rollback budget_ratio_held compensate_concurrent compensate_late_complete claim_new_step_vs_compensate checkpoint_conflict approve_reject_race fail_vs_compensate saga_advance_skipped gate_cache observe_complete_race observe_resolve_race reconcile_overlap claim_verifications_concurrent budget_exact_gather
+ISOLATION = claim_pattern_a claim_pattern_b fenced_complete expired_lease_race lease_takeover_race verify_race claim_after_wait repeatable_read claim_due_concurrent sweep_claim_race sweep_overlap requeue_claim_due sweep_notify policy_cache budget_concurrent_debits budget_rollback budget_ratio_held compensate_concurrent compensate_late_complete claim_new_step_vs_compensate checkpoint_conflict approve_reject_race fail_vs_compensate saga_advance_skipped gate_cache observe_complete_race observe_resolve_race reconcile_overlap claim_verifications_concurrent budget_exact_gather tenancy_membership_change claim_due_round_robin
 ISOLATION_OPTS = --inputdir=test/isolation --outputdir=build/isolation
 
 PG_CONFIG ?= pg_config

@@ -201,7 +201,7 @@ CREATE FUNCTION agentretry.claim(
 	in_transaction boolean DEFAULT false)
 RETURNS agentretry.claim_result
 AS 'MODULE_PATHNAME', 'agentretry_claim'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.claim(text, jsonb, text, text, text, text, interval, text, boolean) IS
 	'lease an operation by idempotency key, or say why not: execute, replay, busy, wait, verify, dead, cancelled';
 
@@ -217,7 +217,7 @@ RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
 			   lease_token bigint, lease_expires_at timestamptz,
 			   run_id text, step text)
 AS 'MODULE_PATHNAME', 'agentretry_claim_due'
-LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+LANGUAGE C VOLATILE ROWS 10;
 COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval, boolean) IS
 	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold';
 
@@ -232,7 +232,7 @@ CREATE FUNCTION agentretry.complete(
 	receipt text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_complete'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb, text) IS
 	'record success and its receipt; raises AR002 unless lease_token is the newest and the operation is not terminal';
 
@@ -246,7 +246,7 @@ CREATE FUNCTION agentretry.resolve(
 	receipt text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_resolve'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.resolve(text, bigint, boolean, jsonb, text, text) IS
 	'end a verification: executed stores the receipt; not executed makes the operation due for retry';
 
@@ -258,21 +258,21 @@ CREATE FUNCTION agentretry.observe(
 	detail jsonb DEFAULT NULL)
 RETURNS text
 AS 'MODULE_PATHNAME', 'agentretry_observe'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.observe(text, text, text, text, jsonb) IS
 	'record late evidence that the side effect of key happened: resolved, confirmed, corrected, anomaly, pending or orphan';
 
 CREATE FUNCTION agentretry.reconcile(max integer DEFAULT 1000)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_reconcile'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.reconcile(integer) IS
 	'look at up to max operations and runs due for reconciliation; returns the number of anomalies recorded';
 
 CREATE FUNCTION agentretry.acknowledge(id bigint, note text DEFAULT NULL)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'agentretry_acknowledge'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.acknowledge(bigint, text) IS
 	'mark an anomaly as seen, with a note; returns when it was first acknowledged';
 
@@ -289,14 +289,14 @@ RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
 			   last_failure_code text, last_failure_message text,
 			   since timestamptz)
 AS 'MODULE_PATHNAME', 'agentretry_claim_verifications'
-LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+LANGUAGE C VOLATILE ROWS 10;
 COMMENT ON FUNCTION agentretry.claim_verifications(text, integer, text[], text, interval) IS
 	'lease up to max operations awaiting verification, oldest first, skipping those another verifier holds; resolve() each';
 
 CREATE FUNCTION agentretry.flush_stats()
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_flush_stats'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.flush_stats() IS
 	'write the counts this session holds in memory to stats_counts now; returns the rows written';
 
@@ -341,7 +341,7 @@ COMMENT ON FUNCTION agentretry.stats_quantile(bigint[], double precision) IS
 -- starts at -infinity.
 CREATE FUNCTION agentretry.stats_since(since interval, tenant text DEFAULT NULL)
 RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -390,7 +390,7 @@ RETURNS TABLE (tenant text, tool text,
 			   duplicate_side_effect_rate double precision,
 			   compensation_success_rate double precision,
 			   completion_p50 interval, completion_p95 interval)
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT agentretry.stats_since(since, tenant);
@@ -736,6 +736,35 @@ $$;
 COMMENT ON FUNCTION agentretry.unschedule_sweep() IS
 	'remove the pg_cron job of schedule_sweep(); false when there was none';
 
+-- The C functions run as their caller (SECURITY INVOKER) and switch to the
+-- owner of the tables for their queries (src/spi.c): the role a call acts
+-- for is then the role that calls, as PostgreSQL sees it, also inside a
+-- SECURITY DEFINER function or an index expression of another role.
+ALTER FUNCTION agentretry.acknowledge(bigint,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.approve(text,text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.cancel(text,text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.checkpoint(text,text,jsonb,text,integer) SECURITY INVOKER;
+ALTER FUNCTION agentretry.claim(text,jsonb,text,text,text,text,interval,text,boolean) SECURITY INVOKER;
+ALTER FUNCTION agentretry.claim_due(text,integer,text[],text,interval,boolean) SECURITY INVOKER;
+ALTER FUNCTION agentretry.claim_verifications(text,integer,text[],text,interval) SECURITY INVOKER;
+ALTER FUNCTION agentretry.compensate(text,text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.complete(text,bigint,jsonb,text,text,jsonb,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.context(text,text,integer) SECURITY INVOKER;
+ALTER FUNCTION agentretry.effective_policy(text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.fail(text,bigint,agentretry.failure_class,agentretry.failure_phase,text,text,interval,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.finish_run(text,text,boolean) SECURITY INVOKER;
+ALTER FUNCTION agentretry.flush_stats() SECURITY INVOKER;
+ALTER FUNCTION agentretry.heartbeat(text,bigint,interval,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.lookup(text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.observe(text,text,text,text,jsonb) SECURITY INVOKER;
+ALTER FUNCTION agentretry.reconcile(integer) SECURITY INVOKER;
+ALTER FUNCTION agentretry.reject(text,text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.release(text,bigint,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.requeue(text,text,boolean) SECURITY INVOKER;
+ALTER FUNCTION agentretry.resolve(text,bigint,boolean,jsonb,text,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.start_run(text,text,text,integer,text) SECURITY INVOKER;
+ALTER FUNCTION agentretry.sweep(integer) SECURITY INVOKER;
+
 -- ---------------------------------------------------------------------------
 -- Tenancy: memberships, and row level security on every table of tenants
 -- ---------------------------------------------------------------------------
@@ -803,6 +832,9 @@ BEGIN
 	IF octet_length(tenant) NOT BETWEEN 1 AND 128 THEN
 		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
 			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
+	END IF;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = role) THEN
+		RAISE EXCEPTION 'role with OID %s does not exist', role::oid USING ERRCODE = '42704';
 	END IF;
 	INSERT INTO agentretry.tenant_members AS m (tenant, role)
 	VALUES (add_tenant_member.tenant, add_tenant_member.role)
@@ -883,9 +915,14 @@ REVOKE ALL ON FUNCTION
 	agentretry.add_tenant_member(regrole, text),
 	agentretry.remove_tenant_member(regrole, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION agentretry.tenant_visible(text)
-TO agentretry_agent, agentretry_operator, agentretry_admin;
+-- tenant_visible() only tells current_user what it may see; every role
+-- reading a table with a policy calls it
+GRANT EXECUTE ON FUNCTION agentretry.tenant_visible(text) TO PUBLIC;
 GRANT SELECT ON agentretry.tenant_members TO agentretry_operator;
+-- stats() runs as its caller: what it reads is bound by the policies, and
+-- these tell it the caller's tenants
+GRANT EXECUTE ON FUNCTION agentretry.caller_tenants(), agentretry.check_caller_tenant(text)
+TO agentretry_operator;
 GRANT EXECUTE ON FUNCTION
 	agentretry.add_tenant_member(regrole, text),
 	agentretry.remove_tenant_member(regrole, text)

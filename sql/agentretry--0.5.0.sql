@@ -326,10 +326,11 @@ COMMENT ON FUNCTION agentretry.tier_defaults() IS
 -- ---------------------------------------------------------------------------
 -- idempotency core
 --
--- The C functions are SECURITY DEFINER without a SET clause: they pin
--- search_path to pg_catalog themselves for every query they run (see
--- ar_spi_begin in src/operation.c), which protects them the same way at a
--- fraction of the cost.  The PL/pgSQL functions use SET search_path.
+-- The C functions run as their caller and switch to the owner of the
+-- tables for their queries, pinning search_path to pg_catalog themselves
+-- for every query they run (ar_spi_begin in src/spi.c), which protects
+-- them as SET search_path would at a fraction of the cost.  The PL/pgSQL
+-- functions use SET search_path.
 -- ---------------------------------------------------------------------------
 CREATE TABLE agentretry.operations (
 	tenant text NOT NULL,
@@ -527,7 +528,7 @@ CREATE FUNCTION agentretry.claim(
 	in_transaction boolean DEFAULT false)
 RETURNS agentretry.claim_result
 AS 'MODULE_PATHNAME', 'agentretry_claim'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.claim(text, jsonb, text, text, text, text, interval, text, boolean) IS
 	'lease an operation by idempotency key, or say why not: execute, replay, busy, wait, verify, dead, cancelled';
 
@@ -541,7 +542,7 @@ CREATE FUNCTION agentretry.complete(
 	receipt text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_complete'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.complete(text, bigint, jsonb, text, text, jsonb, text) IS
 	'record success and its receipt; raises AR002 unless lease_token is the newest and the operation is not terminal';
 
@@ -556,7 +557,7 @@ CREATE FUNCTION agentretry.fail(
 	tenant text DEFAULT NULL)
 RETURNS agentretry.decision
 AS 'MODULE_PATHNAME', 'agentretry_fail'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.fail(text, bigint, agentretry.failure_class, agentretry.failure_phase, text, text, interval, text) IS
 	'record a failed attempt and decide: retry (when), verify, or dead';
 
@@ -569,7 +570,7 @@ CREATE FUNCTION agentretry.resolve(
 	receipt text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_resolve'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.resolve(text, bigint, boolean, jsonb, text, text) IS
 	'end a verification: executed stores the receipt; not executed makes the operation due for retry';
 
@@ -580,7 +581,7 @@ CREATE FUNCTION agentretry.heartbeat(
 	tenant text DEFAULT NULL)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'agentretry_heartbeat'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.heartbeat(text, bigint, interval, text) IS
 	'extend a held lease to now + extend (default: the tool''s lease) and return the new expiry';
 
@@ -590,14 +591,14 @@ CREATE FUNCTION agentretry.release(
 	tenant text DEFAULT NULL)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_release'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.release(text, bigint, text) IS
 	'give a lease back before acting; the attempt does not count and the operation is due at once';
 
 CREATE FUNCTION agentretry.lookup(key text, tenant text DEFAULT NULL)
 RETURNS agentretry.operations
 AS 'MODULE_PATHNAME', 'agentretry_lookup'
-LANGUAGE C STABLE SECURITY DEFINER;
+LANGUAGE C STABLE;
 COMMENT ON FUNCTION agentretry.lookup(text, text) IS
 	'read one operation; raises AR003 when the key does not exist';
 
@@ -767,7 +768,7 @@ COMMENT ON FUNCTION agentretry.drop_tenant_policy(text, text) IS
 CREATE FUNCTION agentretry.effective_policy(tenant text DEFAULT NULL, tool text DEFAULT 'default')
 RETURNS TABLE (field text, value text, source text)
 AS 'MODULE_PATHNAME', 'agentretry_effective_policy'
-LANGUAGE C STABLE SECURITY DEFINER;
+LANGUAGE C STABLE;
 COMMENT ON FUNCTION agentretry.effective_policy(text, text) IS
 	'the policy decisions use for a tenant''s tool, field by field, and where each value came from: default, tool, tenant or tenant_tool';
 
@@ -785,14 +786,14 @@ RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
 			   lease_token bigint, lease_expires_at timestamptz,
 			   run_id text, step text)
 AS 'MODULE_PATHNAME', 'agentretry_claim_due'
-LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+LANGUAGE C VOLATILE ROWS 10;
 COMMENT ON FUNCTION agentretry.claim_due(text, integer, text[], text, interval, boolean) IS
 	'lease up to max due retries (and expired leases of idempotent tools), oldest due first, skipping rows other workers hold';
 
 CREATE FUNCTION agentretry.sweep(max integer DEFAULT 1000)
 RETURNS agentretry.sweep_summary
 AS 'MODULE_PATHNAME', 'agentretry_sweep'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.sweep(integer) IS
 	'decide expired leases, dead-letter waits past their deadline, purge rows past TTL and retention (at most max of each), NOTIFY agentretry with the due count';
 
@@ -1224,7 +1225,7 @@ CREATE FUNCTION agentretry.start_run(
 	correlation_id text DEFAULT NULL)
 RETURNS agentretry.run_state
 AS 'MODULE_PATHNAME', 'agentretry_start_run'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.start_run(text, text, text, integer, text) IS
 	'start a run, or return the state of the run already started; AR001 when it was started with another workflow_version';
 
@@ -1234,7 +1235,7 @@ CREATE FUNCTION agentretry.finish_run(
 	succeeded boolean DEFAULT true)
 RETURNS agentretry.run_state
 AS 'MODULE_PATHNAME', 'agentretry_finish_run'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.finish_run(text, text, boolean) IS
 	'end a running run as succeeded or failed';
 
@@ -1246,7 +1247,7 @@ CREATE FUNCTION agentretry.checkpoint(
 	expected_version integer DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_checkpoint'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.checkpoint(text, text, jsonb, text, integer) IS
 	'store the next version of the run''s context and return its number; AR005 when expected_version is not the newest';
 
@@ -1256,7 +1257,7 @@ CREATE FUNCTION agentretry.context(
 	version integer DEFAULT NULL)
 RETURNS jsonb
 AS 'MODULE_PATHNAME', 'agentretry_context'
-LANGUAGE C STABLE SECURITY DEFINER;
+LANGUAGE C STABLE;
 COMMENT ON FUNCTION agentretry.context(text, text, integer) IS
 	'the newest committed context of the run, or the version asked for; NULL when there is none';
 
@@ -1278,7 +1279,7 @@ CREATE FUNCTION agentretry.compensate(
 	reason text DEFAULT NULL)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_compensate'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.compensate(text, text, text) IS
 	'undo the run''s completed steps in reverse completion order; returns how many compensations it scheduled (0 when called again)';
 
@@ -1296,7 +1297,7 @@ CREATE FUNCTION agentretry.approve(
 	note text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_approve'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.approve(text, text, text) IS
 	'approve an operation awaiting approval, for exactly its stored arguments; it is due at once';
 
@@ -1306,7 +1307,7 @@ CREATE FUNCTION agentretry.reject(
 	reason text)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_reject'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.reject(text, text, text) IS
 	'refuse an operation awaiting approval: it is cancelled (reason rejected)';
 
@@ -1319,7 +1320,7 @@ CREATE FUNCTION agentretry.requeue(
 	reset_attempts boolean DEFAULT false)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_requeue'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.requeue(text, text, boolean) IS
 	'make a dead, cancelled, waiting or unverified operation due now, fencing out earlier leases; restarts its deadline';
 
@@ -1329,7 +1330,7 @@ CREATE FUNCTION agentretry.cancel(
 	reason text DEFAULT NULL)
 RETURNS agentretry.operation_state
 AS 'MODULE_PATHNAME', 'agentretry_cancel'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.cancel(text, text, text) IS
 	'end an operation that has not succeeded; claims then answer cancelled with the reason';
 
@@ -1527,21 +1528,21 @@ CREATE FUNCTION agentretry.observe(
 	detail jsonb DEFAULT NULL)
 RETURNS text
 AS 'MODULE_PATHNAME', 'agentretry_observe'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.observe(text, text, text, text, jsonb) IS
 	'record late evidence that the side effect of key happened: resolved, confirmed, corrected, anomaly, pending or orphan';
 
 CREATE FUNCTION agentretry.reconcile(max integer DEFAULT 1000)
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_reconcile'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.reconcile(integer) IS
 	'look at up to max operations and runs due for reconciliation; returns the number of anomalies recorded';
 
 CREATE FUNCTION agentretry.acknowledge(id bigint, note text DEFAULT NULL)
 RETURNS timestamptz
 AS 'MODULE_PATHNAME', 'agentretry_acknowledge'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.acknowledge(bigint, text) IS
 	'mark an anomaly as seen, with a note; returns when it was first acknowledged';
 
@@ -1558,14 +1559,14 @@ RETURNS TABLE (tenant text, key text, tool text, args jsonb, attempt integer,
 			   last_failure_code text, last_failure_message text,
 			   since timestamptz)
 AS 'MODULE_PATHNAME', 'agentretry_claim_verifications'
-LANGUAGE C VOLATILE SECURITY DEFINER ROWS 10;
+LANGUAGE C VOLATILE ROWS 10;
 COMMENT ON FUNCTION agentretry.claim_verifications(text, integer, text[], text, interval) IS
 	'lease up to max operations awaiting verification, oldest first, skipping those another verifier holds; resolve() each';
 
 CREATE FUNCTION agentretry.flush_stats()
 RETURNS integer
 AS 'MODULE_PATHNAME', 'agentretry_flush_stats'
-LANGUAGE C VOLATILE SECURITY DEFINER;
+LANGUAGE C VOLATILE;
 COMMENT ON FUNCTION agentretry.flush_stats() IS
 	'write the counts this session holds in memory to stats_counts now; returns the rows written';
 
@@ -1610,7 +1611,7 @@ COMMENT ON FUNCTION agentretry.stats_quantile(bigint[], double precision) IS
 -- starts at -infinity.
 CREATE FUNCTION agentretry.stats_since(since interval, tenant text DEFAULT NULL)
 RETURNS timestamptz
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -1659,7 +1660,7 @@ RETURNS TABLE (tenant text, tool text,
 			   duplicate_side_effect_rate double precision,
 			   compensation_success_rate double precision,
 			   completion_p50 interval, completion_p95 interval)
-LANGUAGE sql VOLATILE SECURITY DEFINER
+LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp
 AS $$
 SELECT agentretry.stats_since(since, tenant);
@@ -1796,6 +1797,9 @@ BEGIN
 		RAISE EXCEPTION 'tenant must be 1 to 128 bytes long'
 			USING ERRCODE = '22023', DETAIL = format('The tenant is %s bytes long.', octet_length(tenant));
 	END IF;
+	IF NOT EXISTS (SELECT FROM pg_catalog.pg_roles r WHERE r.oid = role) THEN
+		RAISE EXCEPTION 'role with OID %s does not exist', role::oid USING ERRCODE = '42704';
+	END IF;
 	INSERT INTO agentretry.tenant_members AS m (tenant, role)
 	VALUES (add_tenant_member.tenant, add_tenant_member.role)
 	ON CONFLICT DO NOTHING;
@@ -1875,9 +1879,11 @@ REVOKE ALL ON FUNCTION
 	agentretry.add_tenant_member(regrole, text),
 	agentretry.remove_tenant_member(regrole, text)
 FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION agentretry.tenant_visible(text)
-TO agentretry_agent, agentretry_operator, agentretry_admin;
 GRANT SELECT ON agentretry.tenant_members TO agentretry_operator;
+-- stats() runs as its caller: what it reads is bound by the policies, and
+-- these tell it the caller's tenants
+GRANT EXECUTE ON FUNCTION agentretry.caller_tenants(), agentretry.check_caller_tenant(text)
+TO agentretry_operator;
 GRANT EXECUTE ON FUNCTION
 	agentretry.add_tenant_member(regrole, text),
 	agentretry.remove_tenant_member(regrole, text)
@@ -1903,6 +1909,10 @@ TO agentretry_admin;
 REVOKE ALL ON ALL TABLES IN SCHEMA agentretry FROM PUBLIC;
 REVOKE ALL ON SEQUENCE agentretry.events_id_seq FROM PUBLIC;
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA agentretry FROM PUBLIC;
+-- but tenant_visible(), the policy on every table with a tenant column: it
+-- only tells current_user what it may see, and every role reading such a
+-- table calls it
+GRANT EXECUTE ON FUNCTION agentretry.tenant_visible(text) TO PUBLIC;
 
 -- every role: the pure functions, lookup, the effective policy, and the
 -- tools, tenant policies and budgets

@@ -6,15 +6,16 @@
  * Layers, each depending only on those below it (src/README.md):
  *
  *	  SQL-callable   claim.c, outcome.c, lease.c, schedule.c (claim_due),
- *	                 sweep.c, operator.c, and the pure functions of
- *	                 decide.c, backoff.c, op_hash.c
- *	  transitions    transition.c (the state machine, fencing)
- *	  rules          budget.c, events.c
- *	  rows           operation.c
- *	  configuration  policy.c, cache.c
- *	  SPI            spi.c
- *	  pure           agentretry.h: types.c, validate.c, decide.c,
+ *	                 sweep.c, operator.c, approval.c, run.c, observe.c,
+ *	                 reconcile.c, and the pure functions of decide.c,
  *	                 backoff.c, op_hash.c
+ *	  transitions    transition.c (the state machine, fencing)
+ *	  rules          budget.c, events.c, saga.c, anomaly.c, stats.c
+ *	  rows           operation.c, runs.c
+ *	  configuration  policy.c, tenancy.c, cache.c
+ *	  SPI            spi.c
+ *	  pure           agentretry.h: types.c, validate.c, guard.c,
+ *	                 decide.c, backoff.c, op_hash.c
  *
  * src/agentretry.c
  *

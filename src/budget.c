@@ -286,21 +286,30 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
  */
 #define SECONDS(iv) "date_part('epoch', " iv ")"
 
-/* a stripe's tokens as of now ($4): lazy refill, capped at its share */
-#define STRIPE_AVAILABLE(s) \
-	"least($5 / $7, " s ".tokens + $6 / $7" \
-	" * greatest(" SECONDS("$4 - " s ".refilled_at") ", 0))"
+/*
+ * The expressions on a stripe s, written once for the statements on one
+ * budget (now $4, capacity $5, refill $6, stripes $7, window $10) and for
+ * the one on several (debit_batch_plan: columns of p).
+ */
 
-/* how far into its ratio window a stripe is at now ($4), window $10 */
-#define INTO_WINDOW(s) "($4 - " s ".win_start)"
+/* a stripe's tokens as of now: lazy refill, capped at its share */
+#define AVAILABLE_AT(s, now, cap, refill, stripes) \
+	"least(" cap " / " stripes ", " s ".tokens + " refill " / " stripes \
+	" * greatest(" SECONDS(now " - " s ".refilled_at") ", 0))"
+#define STRIPE_AVAILABLE(s) AVAILABLE_AT(s, "$4", "$5", "$6", "$7")
+
+/* how far into its ratio window a stripe is at now */
+#define INTO_WINDOW_AT(s, now) "(" now " - " s ".win_start)"
+#define INTO_WINDOW(s) INTO_WINDOW_AT(s, "$4")
 
 /* the sliding counts of a stripe as of now: the previous window weighted */
-#define SLIDING(s, cur, prev) \
-	"(CASE WHEN " INTO_WINDOW(s) " >= 2 * $10 THEN 0" \
-	" WHEN " INTO_WINDOW(s) " >= $10 THEN " s "." cur \
-	"  * (1 - " SECONDS(INTO_WINDOW(s) " - $10") " / " SECONDS("$10") ")" \
+#define SLIDING_AT(s, cur, prev, now, win) \
+	"(CASE WHEN " INTO_WINDOW_AT(s, now) " >= 2 * " win " THEN 0" \
+	" WHEN " INTO_WINDOW_AT(s, now) " >= " win " THEN " s "." cur \
+	"  * (1 - " SECONDS(INTO_WINDOW_AT(s, now) " - " win) " / " SECONDS(win) ")" \
 	" ELSE " s "." cur " + " s "." prev \
-	"  * (1 - " SECONDS(INTO_WINDOW(s)) " / " SECONDS("$10") ") END)"
+	"  * (1 - " SECONDS(INTO_WINDOW_AT(s, now)) " / " SECONDS(win) ") END)"
+#define SLIDING(s, cur, prev) SLIDING_AT(s, cur, prev, "$4", "$10")
 
 /*
  * Pay $8 tokens (0: none) from the first stripe of the budget ($1-$3) that
@@ -326,23 +335,38 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	" tokens = greatest(" STRIPE_AVAILABLE("s") " - $8, 0)," \
 	" refilled_at = greatest(s.refilled_at, $4)"
 
-/* its window moved forward to now, and the counts added to it */
-#define DEBIT_COUNTS \
-	" win_start = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN $4" \
-	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.win_start + $10 ELSE s.win_start END," \
-	" prev_first = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
-	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.cur_first ELSE s.prev_first END," \
-	" prev_retries = CASE WHEN " INTO_WINDOW("s") " >= 2 * $10 THEN 0" \
-	"  WHEN " INTO_WINDOW("s") " >= $10 THEN s.cur_retries ELSE s.prev_retries END," \
-	" cur_first = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_first END + $11," \
-	" cur_retries = CASE WHEN " INTO_WINDOW("s") " >= $10 THEN 0 ELSE s.cur_retries END + $12"
+/*
+ * Its window moved forward to now, and the counts added to it; a column
+ * is left as it is when keep is true (a budget without a ratio, in the
+ * statement on several).
+ */
+#define WINDOW_CASE(keep, col) "CASE WHEN " keep " THEN s." col
+#define DEBIT_COUNTS_AT(now, win, firsts, retries, keep) \
+	" win_start = " WINDOW_CASE(keep, "win_start") \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= 2 * " win " THEN " now \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= " win " THEN s.win_start + " win \
+	"  ELSE s.win_start END," \
+	" prev_first = " WINDOW_CASE(keep, "prev_first") \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= 2 * " win " THEN 0" \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= " win " THEN s.cur_first ELSE s.prev_first END," \
+	" prev_retries = " WINDOW_CASE(keep, "prev_retries") \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= 2 * " win " THEN 0" \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= " win " THEN s.cur_retries ELSE s.prev_retries END," \
+	" cur_first = " WINDOW_CASE(keep, "cur_first") \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= " win " THEN " firsts \
+	"  ELSE s.cur_first + " firsts " END," \
+	" cur_retries = " WINDOW_CASE(keep, "cur_retries") \
+	"  WHEN " INTO_WINDOW_AT("s", now) " >= " win " THEN " retries \
+	"  ELSE s.cur_retries + " retries " END"
+#define DEBIT_COUNTS DEBIT_COUNTS_AT("$4", "$10", "$11", "$12", "false")
 
 /* the stripe's sliding counts after the debit */
-#define DEBIT_SLIDING \
+#define DEBIT_SLIDING_AT(now, win) \
 	"  (s.cur_first + s.prev_first" \
-	"   * (1 - " SECONDS(INTO_WINDOW("s")) " / " SECONDS("$10") "))::float8," \
+	"   * (1 - " SECONDS(INTO_WINDOW_AT("s", now)) " / " SECONDS(win) "))::float8," \
 	"  (s.cur_retries + s.prev_retries" \
-	"   * (1 - " SECONDS(INTO_WINDOW("s")) " / " SECONDS("$10") "))::float8,"
+	"   * (1 - " SECONDS(INTO_WINDOW_AT("s", now)) " / " SECONDS(win) "))::float8,"
+#define DEBIT_SLIDING DEBIT_SLIDING_AT("$4", "$10")
 
 #define OTHER_STRIPES \
 	"   FROM agentretry.budget_stripes y" \
@@ -395,6 +419,50 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 
 static ArPlan debit_bucket_plan = {DEBIT_BUCKET_SQL, 12, DEBIT_ARGTYPES};
 static ArPlan debit_ratio_plan = {DEBIT_RATIO_SQL, 12, DEBIT_ARGTYPES};
+
+/*
+ * The retry's debit of several budgets in one statement (the common case
+ * of a retry that several budgets apply to): for each budget i of the
+ * arrays, the first stripe that can pay, locked as debit_plan locks it,
+ * paid and counted.  Returns a row per budget paid, numbered i; a budget
+ * for which no stripe could pay alone has no row (debit() then gathers, or
+ * denies).  $1 tenant, $2 now; arrays: $3 scope, $4 subject, $5 capacity
+ * (0 without a bucket), $6 refill, $7 stripes, $8 cost, $9 the stripe to
+ * start from, $10 window, $11 has a ratio.
+ */
+#define P_AVAILABLE(s) AVAILABLE_AT(s, "$2", "p.cap", "p.refill", "p.stripes")
+#define P_SLIDING(s, cur, prev) SLIDING_AT(s, cur, prev, "$2", "p.win")
+
+static ArPlan debit_batch_plan = {
+	"WITH p AS MATERIALIZED ("
+	" SELECT b.*, x.stripe FROM unnest($3::text[], $4::text[], $5::float8[], $6::float8[],"
+	"   $7::int4[], $8::float8[], $9::int4[], $10::interval[], $11::bool[])"
+	"   WITH ORDINALITY AS b(scope, subject, cap, refill, stripes, cost, start, win, ratio, i)"
+	" CROSS JOIN LATERAL ("
+	"  SELECT x.stripe FROM agentretry.budget_stripes x"
+	"  WHERE x.tenant = $1 AND x.scope = b.scope::agentretry.budget_scope AND x.subject = b.subject"
+	"  AND (b.cost = 0 OR " AVAILABLE_AT("x", "$2", "b.cap", "b.refill", "b.stripes")
+	"   >= b.cost - " TOKENS_SLACK " * greatest(1, b.cost))"
+	"  ORDER BY (x.stripe + b.start) % b.stripes LIMIT 1 FOR UPDATE SKIP LOCKED) x)"
+	" UPDATE agentretry.budget_stripes s SET"
+	" tokens = CASE WHEN p.cap > 0 THEN greatest(" P_AVAILABLE("s") " - p.cost, 0) ELSE s.tokens END,"
+	" refilled_at = CASE WHEN p.cap > 0 THEN greatest(s.refilled_at, $2) ELSE s.refilled_at END,"
+	DEBIT_COUNTS_AT("$2", "p.win", "0", "1", "NOT p.ratio")
+	" FROM p"
+	" WHERE s.tenant = $1 AND s.scope = p.scope::agentretry.budget_scope"
+	" AND s.subject = p.subject AND s.stripe = p.stripe"
+	" RETURNING p.i::int4, s.stripe, s.tokens,"
+	DEBIT_SLIDING_AT("$2", "p.win")
+	"  (SELECT ARRAY[coalesce(sum(CASE WHEN p.cap > 0 THEN " P_AVAILABLE("y") " END), 0),"
+	"    coalesce(sum(CASE WHEN p.ratio THEN " P_SLIDING("y", "cur_first", "prev_first") " END), 0)::float8,"
+	"    coalesce(sum(CASE WHEN p.ratio THEN " P_SLIDING("y", "cur_retries", "prev_retries") " END), 0)::float8]"
+	"   FROM agentretry.budget_stripes y"
+	"   WHERE y.tenant = $1 AND y.scope = p.scope::agentretry.budget_scope"
+	"   AND y.subject = p.subject AND y.stripe <> s.stripe)",
+	11, {TEXTOID, TIMESTAMPTZOID, TEXTARRAYOID, TEXTARRAYOID, FLOAT8ARRAYOID,
+	FLOAT8ARRAYOID, INT4ARRAYOID, FLOAT8ARRAYOID, INT4ARRAYOID, INTERVALARRAYOID,
+	BOOLARRAYOID}
+};
 
 static ArPlan debit_plan = {DEBIT_SQL, 12, DEBIT_ARGTYPES};
 
@@ -635,6 +703,86 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	return true;
 }
 
+/*
+ * Debit budgets[0..n-1] for a retry (costs cost[i]) in one statement
+ * (debit_batch_plan); paid[i] says which were, their Debit filled in as
+ * debit() fills it.  Those not paid are left to debit().
+ */
+static void
+debit_batch(const Operation *op, const Budget **budgets, const double *cost,
+			int n, TimestampTz now, Debit *debits, bool *paid)
+{
+	Datum		scope[MAX_BUDGETS],
+				subject[MAX_BUDGETS],
+				cap[MAX_BUDGETS],
+				refill[MAX_BUDGETS],
+				stripes[MAX_BUDGETS],
+				costs[MAX_BUDGETS],
+				start[MAX_BUDGETS],
+				win[MAX_BUDGETS],
+				ratio[MAX_BUDGETS];
+	Datum		values[11];
+	uint64		got;
+	uint64		r;
+	int			i;
+
+	for (i = 0; i < n; i++)
+	{
+		const Budget *b = budgets[i];
+
+		scope[i] = CStringGetTextDatum(b->scope);
+		subject[i] = CStringGetTextDatum(b->subject);
+		cap[i] = Float8GetDatum(b->has_bucket ? b->capacity : 0);
+		refill[i] = Float8GetDatum(b->refill);
+		stripes[i] = Int32GetDatum(b->stripes);
+		costs[i] = Float8GetDatum(b->has_bucket ? cost[i] : 0);
+		start[i] = Int32GetDatum(MyProcPid % b->stripes);
+		win[i] = IntervalPGetDatum(usec_interval(b->window));
+		ratio[i] = BoolGetDatum(b->has_ratio);
+		paid[i] = false;
+	}
+	values[0] = CStringGetTextDatum(op->tenant);
+	values[1] = TimestampTzGetDatum(now);
+	values[2] = PointerGetDatum(construct_array(scope, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[3] = PointerGetDatum(construct_array(subject, n, TEXTOID, -1, false, TYPALIGN_INT));
+	values[4] = PointerGetDatum(construct_array(cap, n, FLOAT8OID, sizeof(float8),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[5] = PointerGetDatum(construct_array(refill, n, FLOAT8OID, sizeof(float8),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[6] = PointerGetDatum(construct_array(stripes, n, INT4OID, sizeof(int32),
+												true, TYPALIGN_INT));
+	values[7] = PointerGetDatum(construct_array(costs, n, FLOAT8OID, sizeof(float8),
+												FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
+	values[8] = PointerGetDatum(construct_array(start, n, INT4OID, sizeof(int32),
+												true, TYPALIGN_INT));
+	values[9] = PointerGetDatum(construct_array(win, n, INTERVALOID, sizeof(Interval),
+												false, TYPALIGN_DOUBLE));
+	values[10] = PointerGetDatum(construct_array(ratio, n, BOOLOID, sizeof(bool),
+												 true, TYPALIGN_CHAR));
+	got = ar_run(&debit_batch_plan, values, NULL, false);
+	for (r = 0; r < got; r++)
+	{
+		HeapTuple	tup = SPI_tuptable->vals[r];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		Debit	   *d;
+
+		i = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull)) - 1;
+		if (i < 0 || i >= n || paid[i])
+			elog(ERROR, "agentretry: unexpected budget in a debit");
+		d = &debits[i];
+		d->b = budgets[i];
+		d->cost = budgets[i]->has_bucket ? cost[i] : 0;
+		d->ngathered = 0;
+		d->stripe = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
+		d->balance = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
+		d->firsts = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
+		d->retries = DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull));
+		add_others(d, DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)));
+		paid[i] = true;
+	}
+}
+
 static ArPlan refund_plan = {
 	"UPDATE agentretry.budget_stripes SET tokens = tokens + $5,"
 	" cur_retries = cur_retries - $6"
@@ -856,6 +1004,8 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 {
 	const Budget *budgets[MAX_BUDGETS];
 	Debit		debits[MAX_BUDGETS];
+	double		costs[MAX_BUDGETS];
+	bool		paid[MAX_BUDGETS];
 	LedgerRows	rows;
 	int			n;
 	int			i;
@@ -877,22 +1027,31 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 		run_counted = true;
 	}
 	n = applicable_budgets(op, op->lease_owner, false, budgets);
+	for (i = 0; i < n; i++)
+	{
+		costs[i] = fc == FC_AMBIGUOUS ? budgets[i]->cost_ambiguous :
+			budgets[i]->cost_transient;
+		paid[i] = false;
+	}
+	/* several budgets: one statement pays all those a stripe can pay alone */
+	if (n > 1)
+		debit_batch(op, budgets, costs, n, now, debits, paid);
 
 	for (i = 0; i < n; i++)
 	{
 		const Budget *b = budgets[i];
-		double		cost = fc == FC_AMBIGUOUS ? b->cost_ambiguous : b->cost_transient;
+		double		cost = costs[i];
 		double		tokens = 0;
 
-		if (debit(op, b, cost, 0, 1, now, &debits[i]))
+		if (paid[i] || debit(op, b, cost, 0, 1, now, &debits[i]))
 		{
+			paid[i] = true;
 			/* counted with this retry: over the ratio is a denial */
 			if (!b->has_ratio ||
 				debits[i].retries <= Max((double) b->floor, b->ratio * debits[i].firsts))
 				continue;
 			*reason = "denied_ratio";
 			*retry_at = ts_add_usec(now, b->window);
-			refund(op, &debits[i]);
 		}
 		else if (!b->has_bucket)
 		{
@@ -917,8 +1076,10 @@ budget_allow_retry(const Operation *op, FailureClass fc, TimestampTz now,
 				*retry_at = ENOUGH(tokens, cost) ? ts_add_usec(now, USECS_PER_SEC) :
 					refill_time(b, cost, tokens, now);
 		}
-		for (j = 0; j < i; j++)
-			refund(op, &debits[j]);
+		/* denied: give back every debit made, this budget's included */
+		for (j = 0; j < n; j++)
+			if (paid[j])
+				refund(op, &debits[j]);
 		if (run_counted)
 			run_refund(op);
 		if (strcmp(*reason, "denied_tokens") == 0)

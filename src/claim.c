@@ -181,7 +181,7 @@ agentretry_claim(PG_FUNCTION_ARGS)
 	req.lease = arg_lease_usec(fcinfo, 6, "lease");
 	req.owner = arg_name(fcinfo, 7, "owner", NULL, AR_MAX_NAME_LEN);
 	if (req.owner == NULL)		/* look the role up only when needed */
-		req.owner = GetUserNameFromId(GetOuterUserId(), false);
+		req.owner = GetUserNameFromId(ar_caller(), false);
 	req.op_hash = compute_op_hash(args, NULL);
 	req.now = GetCurrentTimestamp();
 

@@ -117,7 +117,7 @@ record_simple_event(const char *kind, const Operation *op,
 char *
 current_actor(void)
 {
-	return GetUserNameFromId(GetOuterUserId(), false);
+	return GetUserNameFromId(ar_caller(), false);
 }
 
 /*

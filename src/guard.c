@@ -16,16 +16,21 @@
  * Which blocks are such blocks.  IsTransactionBlock() is also true for the
  * implicit block of a query string of several statements, and inside a
  * subtransaction (a PL/pgSQL block with an EXCEPTION clause), where the
- * client cannot act before the lease commits.  Two signs tell a BEGIN:
+ * client cannot act before the lease commits.  What tells a BEGIN:
  *
- *	- a transaction that began before the running statement (BEGIN sent on
- *	  its own, as drivers do): its start is earlier than the statement's.
- *	  One that began with the statement is an implicit block; one that
- *	  began after it was begun by a procedure's COMMIT, inside the call;
- *	- a BEGIN or START TRANSACTION seen by the ProcessUtility hook in this
- *	  transaction, for "BEGIN; SELECT claim(...)" sent as one string.  The
- *	  hook is there once the library is loaded (preloaded, or by an earlier
- *	  agentretry call of the session).
+ *	- a BEGIN or START TRANSACTION of this transaction, seen by the
+ *	  ProcessUtility hook.  The hook is there once the library is loaded:
+ *	  preloaded, or by an earlier agentretry call of the session;
+ *	- when the library was loaded inside this transaction's block (the
+ *	  first agentretry call of a session came after the driver's BEGIN, the
+ *	  trap's usual shape), a transaction that began before the running
+ *	  statement: BEGIN sent on its own, as drivers send it.  One that began
+ *	  with the statement is an implicit block; one that began after it, a
+ *	  procedure's own.  Only then, because the extended protocol starts a
+ *	  transaction at Parse and the statement's clock at Bind: the first
+ *	  call of a session, made through it from a PL/pgSQL EXCEPTION block
+ *	  in autocommit, is refused once.  (Preloading the library, with
+ *	  session_preload_libraries, leaves the hook alone to judge.)
  *
  * src/guard.c
  *
@@ -43,6 +48,7 @@
 
 static ProcessUtility_hook_type prev_process_utility = NULL;
 static bool begun_explicitly = false;
+static bool loaded_in_block = false;
 
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -71,11 +77,13 @@ static void
 guard_xact_callback(XactEvent event, void *arg)
 {
 	begun_explicitly = false;
+	loaded_in_block = false;
 }
 
 void
 guard_init(void)
 {
+	loaded_in_block = IsTransactionBlock();
 	prev_process_utility = ProcessUtility_hook;
 	ProcessUtility_hook = guard_process_utility;
 	RegisterXactCallback(guard_xact_callback, NULL);
@@ -90,10 +98,12 @@ lease_guarded(FunctionCallInfo fcinfo, int argno)
 {
 	if (ar_allow_uncommitted_leases || !IsTransactionBlock())
 		return false;
-	if (!PG_ARGISNULL(argno) && PG_GETARG_BOOL(argno))
+	/* (a function of an older schema has fewer arguments) */
+	if (PG_NARGS() > argno && !PG_ARGISNULL(argno) && PG_GETARG_BOOL(argno))
 		return false;
 	return begun_explicitly ||
-		GetCurrentTransactionStartTimestamp() < GetCurrentStatementStartTimestamp();
+		(loaded_in_block &&
+		 GetCurrentTransactionStartTimestamp() < GetCurrentStatementStartTimestamp());
 }
 
 /* the error of a refused lease; it rolls the call's work back */

@@ -195,6 +195,12 @@ agentretry_reconcile(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(found);
 }
 
+/* $1 id: the anomaly's tenant, read without a lock */
+static ArPlan anomaly_tenant_plan = {
+	"SELECT a.tenant FROM agentretry.anomalies a WHERE a.id = $1",
+	1, {INT8OID}
+};
+
 static ArPlan anomaly_lock_plan = {
 	"SELECT a.tenant, a.kind::text, a.key, a.run_id, a.tool,"
 	" a.acknowledged_at, a.attempt"
@@ -238,12 +244,14 @@ agentretry_acknowledge(PG_FUNCTION_ARGS)
 
 	ar_spi_begin(&spi);
 	values[0] = Int64GetDatum(id);
-	if (ar_run(&anomaly_lock_plan, values, NULL, false) == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_AR_UNKNOWN_KEY),
-				 errmsg("anomaly " INT64_FORMAT " does not exist", id)));
-	/* another tenant's anomaly is not there for the caller */
-	if (!caller_may_act_for(col_text(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)))
+
+	/*
+	 * Another tenant's anomaly is not there for the caller, and is not
+	 * locked by it either (a wait would tell it exists).
+	 */
+	if (ar_run(&anomaly_tenant_plan, values, NULL, true) == 0 ||
+		!caller_may_act_for(col_text(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)) ||
+		ar_run(&anomaly_lock_plan, values, NULL, false) == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_AR_UNKNOWN_KEY),
 				 errmsg("anomaly " INT64_FORMAT " does not exist", id)));

@@ -228,95 +228,103 @@ lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
  */
 #define WALK_MAX(max) Max((max) * 2, 16)
 
-/* $1 after this tenant, $2 at most this many: tenants with waiting retries or leases */
+/* one step of a walk: the next tenant after t of the partial index of state */
+#define NEXT_TENANT(states, t) \
+	"(SELECT o.tenant FROM agentretry.operations o" \
+	" WHERE " states " AND o.tenant > " t " ORDER BY o.tenant LIMIT 1)"
+
+/* a walk of at most $2 distinct tenants after $1 */
+#define WALK(name, states) \
+	name "(tenant, n) AS (SELECT " NEXT_TENANT(states, "$1") ", 1" \
+	" UNION ALL SELECT " NEXT_TENANT(states, name ".tenant") ", " name ".n + 1" \
+	" FROM " name " WHERE " name ".tenant IS NOT NULL AND " name ".n < $2)"
+
+/*
+ * $1 after this tenant, $2 at most this many, $3 now: the next tenants
+ * with waiting retries or leases (operations_retry_due,
+ * operations_lease_expiry), each with whether it has any due now
+ */
 static ArPlan due_tenants_plan = {
-	"WITH RECURSIVE r(tenant, n) AS ("
-	" (SELECT o.tenant, 1 FROM agentretry.operations o"
-	"   WHERE o.state = 'retry_wait' AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
-	" UNION ALL"
-	" SELECT (SELECT o.tenant FROM agentretry.operations o"
-	"          WHERE o.state = 'retry_wait' AND o.tenant > r.tenant"
-	"          ORDER BY o.tenant LIMIT 1), r.n + 1"
-	"   FROM r WHERE r.tenant IS NOT NULL AND r.n < $2),"
-	" l(tenant, n) AS ("
-	" (SELECT o.tenant, 1 FROM agentretry.operations o"
-	"   WHERE o.state = 'in_progress' AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
-	" UNION ALL"
-	" SELECT (SELECT o.tenant FROM agentretry.operations o"
-	"          WHERE o.state = 'in_progress' AND o.tenant > l.tenant"
-	"          ORDER BY o.tenant LIMIT 1), l.n + 1"
-	"   FROM l WHERE l.tenant IS NOT NULL AND l.n < $2)"
-	" SELECT DISTINCT x.tenant FROM (SELECT tenant FROM r UNION ALL SELECT tenant FROM l) x"
-	" WHERE x.tenant IS NOT NULL ORDER BY 1 LIMIT $2",
-	2, {TEXTOID, INT4OID}
+	"WITH RECURSIVE " WALK("r", "o.state = 'retry_wait'") ","
+	" " WALK("l", "o.state = 'in_progress'")
+	" SELECT x.tenant,"
+	"  EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = x.tenant"
+	"   AND o.state = 'retry_wait' AND o.next_attempt_at <= $3)"
+	"  OR EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = x.tenant"
+	"   AND o.state = 'in_progress' AND o.lease_expires_at <= $3)"
+	" FROM (SELECT DISTINCT w.tenant FROM (SELECT tenant FROM r UNION ALL SELECT tenant FROM l) w"
+	"  WHERE w.tenant IS NOT NULL ORDER BY 1 LIMIT $2) x ORDER BY 1",
+	3, {TEXTOID, INT4OID, TIMESTAMPTZOID}
 };
 
 /*
- * $1 after this tenant, $2 at most this many: tenants with operations to
- * verify, walking the distinct tenants of operations_attention (which also
- * holds dead letters and approvals) at most $2 steps
+ * The same for operations to verify: the tenants of operations_attention
+ * (which also holds dead letters and approvals), each with whether it has
+ * an operation to verify that no live lease holds
  */
+#define ATTENTION "o.state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled')"
+
 static ArPlan verify_tenants_plan = {
-	"WITH RECURSIVE a(tenant, n) AS ("
-	" (SELECT o.tenant, 1 FROM agentretry.operations o"
-	"   WHERE o.state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled')"
-	"     AND o.tenant > $1 ORDER BY o.tenant LIMIT 1)"
-	" UNION ALL"
-	" SELECT (SELECT o.tenant FROM agentretry.operations o"
-	"          WHERE o.state NOT IN ('in_progress', 'retry_wait', 'succeeded', 'cancelled')"
-	"            AND o.tenant > a.tenant ORDER BY o.tenant LIMIT 1), a.n + 1"
-	"   FROM a WHERE a.tenant IS NOT NULL AND a.n < $2)"
-	" SELECT a.tenant FROM a WHERE a.tenant IS NOT NULL"
-	" AND EXISTS (SELECT FROM agentretry.operations v"
-	"              WHERE v.tenant = a.tenant AND v.state = 'verify')"
-	" ORDER BY 1",
-	2, {TEXTOID, INT4OID}
+	"WITH RECURSIVE " WALK("a", ATTENTION)
+	" SELECT a.tenant,"
+	"  EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = a.tenant"
+	"   AND " ATTENTION " AND o.state = 'verify'"
+	"   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $3))"
+	" FROM a WHERE a.tenant IS NOT NULL ORDER BY 1",
+	3, {TEXTOID, INT4OID, TIMESTAMPTZOID}
 };
 
-/* the last tenant a multi-tenant call of this backend visited, per kind */
+/* the last tenant a multi-tenant call of this backend went past, per kind */
 static char last_due_tenant[AR_MAX_NAME_LEN + 1];
 static char last_verify_tenant[AR_MAX_NAME_LEN + 1];
 
-static bool
-list_has_name(char **names, int n, const char *name)
-{
-	int			i;
-
-	for (i = 0; i < n; i++)
-		if (strcmp(names[i], name) == 0)
-			return true;
-	return false;
-}
-
-/* run a tenant walk from after, appending new names to names[*n] */
+/*
+ * Walk from after (only up to before, when not NULL) and append the
+ * tenants with work to names[*n].  Sets *end to the last tenant walked,
+ * or to "" when the walk reached the last tenant there is.
+ */
 static void
-walk_tenants(ArPlan *plan, const char *after, int limit, char **names, int *n)
+walk_tenants(ArPlan *plan, const char *after, const char *before, int limit,
+			 TimestampTz now, char **names, int *n, char *end)
 {
-	Datum		values[2];
+	Datum		values[3];
 	uint64		got;
 	uint64		i;
 
 	values[0] = CStringGetTextDatum(after);
 	values[1] = Int32GetDatum(limit);
+	values[2] = TimestampTzGetDatum(now);
 	got = ar_run(plan, values, NULL, true);
-	for (i = 0; i < got && *n < limit; i++)
+	end[0] = '\0';
+	for (i = 0; i < got; i++)
 	{
-		char	   *t = col_text(SPI_tuptable->vals[i], SPI_tuptable->tupdesc, 1);
+		HeapTuple	tup = SPI_tuptable->vals[i];
+		char	   *t = col_text(tup, SPI_tuptable->tupdesc, 1);
+		bool		isnull;
 
-		if (!list_has_name(names, *n, t))
+		if (before != NULL && strcmp(t, before) > 0)
+			break;				/* walked by the first walk already */
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)) &&
+			*n < limit)
 			names[(*n)++] = t;
+		if (got == (uint64) limit)
+			strlcpy(end, t, AR_MAX_NAME_LEN + 1);
 	}
 }
 
 /*
- * The tenants to visit, in turn, after the one last visited: the caller's
- * own, or for an admin those with work.  Returns how many (at most limit).
+ * The tenants to visit, in turn, after the one last gone past: the
+ * caller's own, or for an admin those with work.  Returns how many (at
+ * most limit) and sets *end to where the next call starts once all of
+ * them are visited.
  */
 static int
-tenants_in_turn(bool verify, int limit, char **names)
+tenants_in_turn(bool verify, int limit, TimestampTz now, char **names,
+				char *end)
 {
 	const CallerTenants *t = caller_tenants();
 	const char *last = verify ? last_verify_tenant : last_due_tenant;
+	ArPlan	   *plan = verify ? &verify_tenants_plan : &due_tenants_plan;
 	int			n = 0;
 
 	if (!t->all)
@@ -327,14 +335,14 @@ tenants_in_turn(bool verify, int limit, char **names)
 		while (start < t->n && strcmp(t->tenants[start], last) <= 0)
 			start++;
 		for (i = 0; i < t->n && n < limit; i++)
-			names[n++] = t->tenants[(start + i) % t->n];
+			names[n++] = pstrdup(t->tenants[(start + i) % t->n]);
+		strlcpy(end, n > 0 ? names[n - 1] : "", AR_MAX_NAME_LEN + 1);
 		return n;
 	}
-	walk_tenants(verify ? &verify_tenants_plan : &due_tenants_plan, last,
-				 limit, names, &n);
-	if (n < limit && last[0] != '\0')
-		walk_tenants(verify ? &verify_tenants_plan : &due_tenants_plan, "",
-					 limit, names, &n);
+	walk_tenants(plan, last, NULL, limit, now, names, &n, end);
+	/* the walk reached the last tenant: go on from the first, up to last */
+	if (end[0] == '\0' && last[0] != '\0')
+		walk_tenants(plan, "", last, limit, now, names, &n, end);
 	return n;
 }
 
@@ -358,7 +366,8 @@ lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
 	char	  **names = palloc(sizeof(char *) * limit);
 	bool	   *more = palloc(sizeof(bool) * limit);
 	char	   *last = verify ? last_verify_tenant : last_due_tenant;
-	int			n = tenants_in_turn(verify, limit, names);
+	char		end[AR_MAX_NAME_LEN + 1];
+	int			n = tenants_in_turn(verify, limit, req->now, names, end);
 	int			leased = 0;
 	int			examined = 0;
 	int			active = 0;
@@ -375,9 +384,12 @@ lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
 		active += more[i];
 		strlcpy(last, names[i], AR_MAX_NAME_LEN + 1);
 	}
+	/* every tenant found was visited: the next call goes on after them */
+	if (i == n)
+		strlcpy(last, end, AR_MAX_NAME_LEN + 1);
 	while (active > 0 && leased < max && examined < max * 4)
 	{
-		int			turn = active;
+		int			left = active;
 
 		active = 0;
 		for (i = 0; i < n && leased < max && examined < max * 4; i++)
@@ -387,7 +399,8 @@ lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
 
 			if (!more[i])
 				continue;
-			share = (max - leased + turn - 1) / turn;
+			share = (max - leased + left - 1) / left;
+			left--;
 			got = batch(rsinfo, names[i], tools, tools_null, share, req,
 						&leased);
 			examined += got;
@@ -408,7 +421,7 @@ lease_request(FunctionCallInfo fcinfo, ClaimRequest *req)
 	memset(req, 0, sizeof(*req));
 	req->owner = arg_name(fcinfo, 0, "owner", NULL, AR_MAX_NAME_LEN);
 	if (req->owner == NULL)
-		req->owner = GetUserNameFromId(GetOuterUserId(), false);
+		req->owner = GetUserNameFromId(ar_caller(), false);
 	req->lease = arg_lease_usec(fcinfo, 4, "lease");
 	req->now = GetCurrentTimestamp();
 }

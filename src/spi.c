@@ -16,12 +16,88 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_namespace.h"
+#include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
+#include "utils/memutils.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "spi.h"
+
+/*
+ * Whose rights.  agentretry's functions are SECURITY INVOKER: the role
+ * that calls one is its caller, as PostgreSQL sees it (current_user, so
+ * that a SECURITY DEFINER function of someone else's, or an index
+ * expression, acts with its owner's tenants, not with the session's), and
+ * its queries run as the owner of the schema agentretry (the extension's
+ * owner), who owns the tables: ar_spi_begin() switches to that role and
+ * ar_spi_end() back, as a SECURITY DEFINER function would.  While switched,
+ * ar_caller() still answers the caller; a (sub)transaction abort restores
+ * the role, and the switches made in it are forgotten (switch_stack: each
+ * entry is valid while the subtransaction it was made in is).
+ */
+typedef struct Switch
+{
+	LocalTransactionId lxid;
+	SubTransactionId subid;
+	Oid			caller;
+} Switch;
+
+#define MAX_SWITCHES 64
+
+static Switch switch_stack[MAX_SWITCHES];
+static int	nswitches = 0;
+static Oid	schema_owner = InvalidOid;
+static bool owner_callback = false;
+
+static void
+schema_changed(Datum arg, int cacheid, uint32 hashvalue)
+{
+	schema_owner = InvalidOid;
+}
+
+/* the owner of the schema agentretry */
+static Oid
+agentretry_owner(void)
+{
+	if (!OidIsValid(schema_owner))
+	{
+		Oid			nsp = get_namespace_oid("agentretry", false);
+		HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+
+		if (!HeapTupleIsValid(tup))
+			elog(ERROR, "cache lookup failed for namespace %u", nsp);
+		schema_owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+		ReleaseSysCache(tup);
+		if (!owner_callback)
+		{
+			CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, (Datum) 0);
+			owner_callback = true;
+		}
+	}
+	return schema_owner;
+}
+
+static bool
+switch_valid(const Switch *sw)
+{
+	return sw->lxid == MyProc->lxid && SubTransactionIsActive(sw->subid);
+}
+
+/* the role that called agentretry (see above) */
+Oid
+ar_caller(void)
+{
+	while (nswitches > 0 && !switch_valid(&switch_stack[nswitches - 1]))
+		nswitches--;
+	return nswitches > 0 ? switch_stack[nswitches - 1].caller : GetUserId();
+}
 
 /*
  * Connect to SPI with search_path pinned to pg_catalog alone (no temp
@@ -41,8 +117,23 @@ ar_spi_begin(ArSpi *spi)
 	OverrideSearchPath path = {NIL, true, false, 0};
 #endif
 
+	Oid			owner = agentretry_owner();
+
 	spi->caller = CurrentMemoryContext;
 	spi->guc_nest_level = 0;
+	GetUserIdAndSecContext(&spi->save_user, &spi->save_sec);
+	spi->switched = spi->save_user != owner;
+	if (spi->switched)
+	{
+		(void) ar_caller();		/* drop what aborts left */
+		if (nswitches >= MAX_SWITCHES)
+			elog(ERROR, "agentretry: calls nested too deeply");
+		switch_stack[nswitches].lxid = MyProc->lxid;
+		switch_stack[nswitches].subid = GetCurrentSubTransactionId();
+		switch_stack[nswitches].caller = spi->save_user;
+		nswitches++;
+		SetUserIdAndSecContext(owner, spi->save_sec | SECURITY_LOCAL_USERID_CHANGE);
+	}
 	SPI_connect();
 #if PG_VERSION_NUM < 170000
 	PushOverrideSearchPath(&path);
@@ -62,6 +153,13 @@ ar_spi_end(ArSpi *spi)
 	AtEOXact_GUC(true, spi->guc_nest_level);
 #endif
 	SPI_finish();
+	if (spi->switched)
+	{
+		SetUserIdAndSecContext(spi->save_user, spi->save_sec);
+		(void) ar_caller();		/* above ours: only switches an abort undid */
+		if (nswitches > 0)
+			nswitches--;
+	}
 	MemoryContextSwitchTo(spi->caller);
 }
 

@@ -34,10 +34,14 @@ typedef struct ArSpi
 {
 	MemoryContext caller;		/* where results that outlive it are built */
 	int			guc_nest_level; /* of the pinned search_path (PG 17+) */
+	Oid			save_user;		/* the role and security context before */
+	int			save_sec;
+	bool		switched;		/* to the owner of agentretry's tables */
 } ArSpi;
 
 extern void ar_spi_begin(ArSpi *spi);
 extern void ar_spi_end(ArSpi *spi);
+extern Oid	ar_caller(void);
 
 #define AR_PLAN_MAX_ARGS 64
 

@@ -11,19 +11,21 @@
  * through a role whose privileges it inherits; agentretry_admin and
  * superusers may act for every tenant.
  *
- * The caller is the session's role (the login role, or the one chosen with
- * SET ROLE): agentretry's functions run as their owner, so the role they
- * check is the one outside them (GetOuterUserId).  A SECURITY DEFINER
- * function of the user's own does not change it.  Row level security on
- * the tables follows current_user, as PostgreSQL's policies do
+ * The caller is the role that calls, current_user as PostgreSQL sees it
+ * (ar_caller(): agentretry's functions are SECURITY INVOKER and switch to
+ * the tables' owner only for their queries), so that a SECURITY DEFINER
+ * function or an index expression of another role acts with that role's
+ * tenants.  Row level security on the tables follows current_user too
  * (tenant_visible()).
  *
  * Both answers are cached per backend, for one role at a time (a pooled
  * connection serves one role): whether any membership exists, and the
  * role's tenants as a sorted array searched in O(log n).  A change of
  * tenant_members (its statement trigger invalidates the relcache entry)
- * or of any role or role membership forgets them, at the start of the
- * next transaction of every backend.
+ * or of any role or role membership forgets them; the calls that act for
+ * a tenant look for such changes first, so a removed membership binds
+ * the next call, even in a transaction already open.  Under REPEATABLE
+ * READ the answers are read once per transaction, with its snapshot.
  *
  * src/tenancy.c
  *
@@ -38,6 +40,7 @@
 #include "catalog/pg_type.h"
 #include "fmgr.h"
 #include "miscadmin.h"
+#include "storage/proc.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -55,92 +58,86 @@ static RowsFlag members_flag =
 	ROWS_FLAG("tenant_members",
 			  "SELECT EXISTS (SELECT FROM agentretry.tenant_members)");
 
-/* $1 role: the tenants it is a member of, in strcmp order */
+/*
+ * $1 role: the tenants it is a member of, in strcmp order.  Memberships
+ * of roles that no longer exist are ignored (DROP ROLE leaves their rows).
+ */
 static ArPlan role_tenants_plan = {
 	"SELECT DISTINCT m.tenant COLLATE \"C\" FROM agentretry.tenant_members m"
-	" WHERE pg_catalog.pg_has_role($1, m.role::pg_catalog.oid, 'USAGE')"
+	" WHERE m.role::pg_catalog.oid IN (SELECT r.oid FROM pg_catalog.pg_roles r"
+	"  WHERE pg_catalog.pg_has_role($1, r.oid, 'USAGE'))"
 	" ORDER BY 1",
 	1, {OIDOID}
 };
 
-/* one role's tenants, in TopMemoryContext */
+/*
+ * The same for a superuser, for whom pg_has_role() is always true: the
+ * memberships of the role itself and of the roles granted to it.
+ */
+static ArPlan superuser_tenants_plan = {
+	"WITH RECURSIVE g(oid) AS (SELECT $1"
+	" UNION SELECT a.roleid FROM pg_catalog.pg_auth_members a JOIN g ON a.member = g.oid)"
+	"SELECT DISTINCT m.tenant COLLATE \"C\" FROM agentretry.tenant_members m"
+	" WHERE m.role::pg_catalog.oid IN (SELECT g.oid FROM g)"
+	" ORDER BY 1",
+	1, {OIDOID}
+};
+
+/* one role's tenants, in their own memory context */
 typedef struct RoleCache
 {
 	bool		valid;
 	Oid			roleid;
 	uint64		generation;		/* of members_flag when computed */
+	LocalTransactionId lxid;	/* computed in (REPEATABLE READ: valid in) */
+	MemoryContext cxt;
 	CallerTenants t;
 } RoleCache;
 
-static RoleCache caller_cache;	/* the session's role */
+static RoleCache caller_cache;	/* the caller's role */
 static RoleCache current_cache; /* current_user, for row level security */
+static uint64 role_changes = 0; /* counts invalidations of roles */
 static bool callbacks_registered = false;
 
-/*
- * Reading tenant_members for tenant_visible(), which runs as the role
- * reading a table, must neither need that role's privileges nor meet the
- * table's own policy: the reads run as the table's owner.
- */
-static Oid
-members_owner(void)
-{
-	static Oid	owner = InvalidOid;
-
-	if (!OidIsValid(owner))
-	{
-		Oid			relid = get_relname_relid("tenant_members",
-											  get_namespace_oid("agentretry", false));
-		HeapTuple	tup = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
-
-		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for relation %u", relid);
-		owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
-		ReleaseSysCache(tup);
-	}
-	return owner;
-}
-
-/* ar_spi_begin() as the owner of tenant_members */
-static void
-owner_spi_begin(ArSpi *spi, Oid *save_user, int *save_sec)
-{
-	GetUserIdAndSecContext(save_user, save_sec);
-	SetUserIdAndSecContext(members_owner(),
-						   *save_sec | SECURITY_LOCAL_USERID_CHANGE);
-	ar_spi_begin(spi);
-}
-
-static void
-owner_spi_end(ArSpi *spi, Oid save_user, int save_sec)
-{
-	ar_spi_end(spi);
-	SetUserIdAndSecContext(save_user, save_sec);
-}
+/* memberships_exist() under REPEATABLE READ: once per transaction */
+static LocalTransactionId members_lxid = InvalidLocalTransactionId;
+static bool members_lxid_value;
 
 static void
 roles_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
 	caller_cache.valid = false;
 	current_cache.valid = false;
+	role_changes++;
 }
 
 /*
  * Does any membership exist?  Answered from the cache without SPI when it
- * can be.
+ * can be.  A schema without tenant_members (a library newer than the
+ * schema, before ALTER EXTENSION UPDATE) has none.
  */
 static bool
 memberships_exist(void)
 {
 	ArSpi		spi;
-	Oid			save_user;
-	int			save_sec;
 	bool		v;
+	bool		rr = IsolationUsesXactSnapshot();
 
-	if (members_flag.known && !IsolationUsesXactSnapshot())
+	if (members_flag.known && !rr)
 		return members_flag.value;
-	owner_spi_begin(&spi, &save_user, &save_sec);
+	if (rr && members_lxid == MyProc->lxid)
+		return members_lxid_value;
+	if (!OidIsValid(get_relname_relid("tenant_members",
+									  get_namespace_oid("agentretry", false))))
+		return false;
+	ar_spi_begin(&spi);
 	v = cached_flag(&members_flag);
-	owner_spi_end(&spi, save_user, save_sec);
+	ar_spi_end(&spi);
+	if (rr)
+	{
+		members_lxid = MyProc->lxid;
+		members_lxid_value = v;
+	}
 	return v;
 }
 
@@ -157,11 +154,10 @@ static void
 load_role(RoleCache *c, Oid roleid)
 {
 	ArSpi		spi;
-	Oid			save_user;
-	int			save_sec;
 	Datum		values[1];
 	uint64		got;
 	uint64		i;
+	uint64		changes = role_changes;
 	MemoryContext old;
 
 	if (!callbacks_registered)
@@ -170,25 +166,24 @@ load_role(RoleCache *c, Oid roleid)
 		CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, roles_changed, (Datum) 0);
 		callbacks_registered = true;
 	}
-	if (c->t.tenants != NULL)
-	{
-		for (i = 0; i < (uint64) c->t.n; i++)
-			pfree(c->t.tenants[i]);
-		pfree(c->t.tenants);
-	}
+	if (c->cxt == NULL)
+		c->cxt = AllocSetContextCreate(TopMemoryContext, "agentretry tenants",
+									   ALLOCSET_SMALL_SIZES);
+	c->valid = false;
+	MemoryContextReset(c->cxt);
 	c->t.tenants = NULL;
 	c->t.n = 0;
-	c->valid = false;
 
-	owner_spi_begin(&spi, &save_user, &save_sec);
+	ar_spi_begin(&spi);
 	c->t.enforced = cached_flag(&members_flag);
 	c->generation = members_flag.generation;
 	c->t.all = role_sees_all(roleid);
 	if (c->t.enforced)
 	{
 		values[0] = ObjectIdGetDatum(roleid);
-		got = ar_run(&role_tenants_plan, values, NULL, true);
-		old = MemoryContextSwitchTo(TopMemoryContext);
+		got = ar_run(superuser_arg(roleid) ? &superuser_tenants_plan :
+					 &role_tenants_plan, values, NULL, true);
+		old = MemoryContextSwitchTo(c->cxt);
 		c->t.tenants = palloc(sizeof(char *) * Max(got, 1));
 		for (i = 0; i < got; i++)
 			c->t.tenants[i] = col_text(SPI_tuptable->vals[i],
@@ -196,18 +191,27 @@ load_role(RoleCache *c, Oid roleid)
 		MemoryContextSwitchTo(old);
 		c->t.n = (int) got;
 	}
-	owner_spi_end(&spi, save_user, save_sec);
+	ar_spi_end(&spi);
 	c->roleid = roleid;
-	/* as cached_flag: kept only when read with a fresh snapshot */
-	c->valid = !IsolationUsesXactSnapshot();
+	c->lxid = MyProc->lxid;
+
+	/*
+	 * Kept if nothing changed while loading, and (as cached_flag does) only
+	 * when read with a fresh snapshot; under REPEATABLE READ, for the
+	 * transaction that read it.
+	 */
+	c->valid = changes == role_changes && !IsolationUsesXactSnapshot();
 }
 
 static const CallerTenants *
 role_tenants(RoleCache *c, Oid roleid)
 {
-	if (!c->valid || c->roleid != roleid || !members_flag.known ||
-		c->generation != members_flag.generation ||
-		IsolationUsesXactSnapshot())
+	bool		fresh = c->roleid == roleid && members_flag.known &&
+		c->generation == members_flag.generation;
+
+	if (IsolationUsesXactSnapshot() ?
+		!(fresh && c->lxid == MyProc->lxid && c->cxt != NULL) :
+		!(fresh && c->valid))
 		load_role(c, roleid);
 	return &c->t;
 }
@@ -220,7 +224,11 @@ caller_tenants(void)
 
 	if (!memberships_exist())
 		return &open;
-	return role_tenants(&caller_cache, GetOuterUserId());
+	/* a membership removed by a transaction that committed binds at once */
+	AcceptInvalidationMessages();
+	if (!memberships_exist())
+		return &open;
+	return role_tenants(&caller_cache, ar_caller());
 }
 
 static int
@@ -252,7 +260,7 @@ check_caller_may_act_for(const char *tenant)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("role \"%s\" is not a member of tenant \"%s\"",
-						GetUserNameFromId(GetOuterUserId(), false), tenant),
+						GetUserNameFromId(ar_caller(), false), tenant),
 				 errhint("An administrator adds members with agentretry.add_tenant_member().")));
 }
 
@@ -282,17 +290,17 @@ arg_tenant(FunctionCallInfo fcinfo, int argno)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 				 errmsg("role \"%s\" is not a member of any tenant",
-						GetUserNameFromId(GetOuterUserId(), false)),
+						GetUserNameFromId(ar_caller(), false)),
 				 errhint("An administrator adds members with agentretry.add_tenant_member().")));
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("tenant is ambiguous"),
 			 t->all ?
 			 errdetail("Role \"%s\" may act for every tenant.",
-					   GetUserNameFromId(GetOuterUserId(), false)) :
+					   GetUserNameFromId(ar_caller(), false)) :
 			 errdetail("Role \"%s\" is a member of %d tenants.",
-					   GetUserNameFromId(GetOuterUserId(), false), t->n),
-			 errhint("Name the tenant with tenant => ....")));
+					   GetUserNameFromId(ar_caller(), false), t->n),
+			 errhint("Name the tenant in the call.")));
 	return NULL;				/* not reached */
 }
 
@@ -309,7 +317,7 @@ arg_tenant_or_all(FunctionCallInfo fcinfo, int argno)
 	if (PG_ARGISNULL(argno))
 	{
 		t = caller_tenants();
-		if (t->enforced && (t->all ? t->n != 1 : t->n > 1))
+		if (t->enforced && (t->all || t->n > 1))
 			return NULL;
 	}
 	return arg_tenant(fcinfo, argno);

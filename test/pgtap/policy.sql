@@ -162,9 +162,10 @@ SELECT ok((SELECT count(*) FROM ext_functions
 		   WHERE proname IN ('claim', 'complete', 'fail', 'resolve', 'heartbeat', 'release', 'lookup',
 							 'op_hash', 'backoff', 'decide', 'register_tool', 'tier_defaults')) = 12,
 	'the function list covers the whole interface');
-SELECT is_empty(
-	$$SELECT proname FROM ext_functions WHERE has_function_privilege('agentretry_tap_nobody', oid, 'EXECUTE')$$,
-	'a role with no grants (PUBLIC) can execute no agentretry function');
+SELECT results_eq(
+	$$SELECT proname::text COLLATE "default" FROM ext_functions WHERE has_function_privilege('agentretry_tap_nobody', oid, 'EXECUTE')$$,
+	$$VALUES ('tenant_visible')$$,
+	'a role with no grants (PUBLIC) can execute no agentretry function but the row level security policy');
 SELECT is_empty(
 	$$SELECT relname FROM ext_relations WHERE relkind <> 'S' AND has_table_privilege('agentretry_tap_nobody', oid,
 		'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')$$,
@@ -248,24 +249,24 @@ SELECT is(pg_temp.run_as('agentretry_tap_admin',
 						 $q$SELECT count(*)::text FROM agentretry.tools WHERE name = 'tap_by_admin'$q$),
 	'1', 'an admin (an operator) can read the registry');
 
--- SECURITY DEFINER functions run as the owner, so none may depend on the
--- caller's search_path: the C functions pin it themselves for every query
--- they run (no SET clause, which would cost a GUC assignment per call);
--- the PL/pgSQL ones pin it with SET.
+-- The C functions run as their caller (SECURITY INVOKER) and switch to the
+-- tables' owner for their queries, pinning search_path themselves for
+-- every query they run (no SET clause, which would cost a GUC assignment
+-- per call); the SECURITY DEFINER PL/pgSQL ones pin it with SET.
 SELECT results_eq(
 	$$SELECT proname::text COLLATE "default", prosecdef, proconfig COLLATE "default" FROM ext_functions
 	  WHERE proname IN ('claim', 'complete', 'fail', 'resolve', 'heartbeat', 'release', 'lookup',
 						'register_tool')
 	  ORDER BY proname$$,
-	$$VALUES ('claim', true, NULL::text[]),
-			 ('complete', true, NULL),
-			 ('fail', true, NULL),
-			 ('heartbeat', true, NULL),
-			 ('lookup', true, NULL),
+	$$VALUES ('claim', false, NULL::text[]),
+			 ('complete', false, NULL),
+			 ('fail', false, NULL),
+			 ('heartbeat', false, NULL),
+			 ('lookup', false, NULL),
 			 ('register_tool', true, ARRAY['search_path=pg_catalog, pg_temp']),
-			 ('release', true, NULL),
-			 ('resolve', true, NULL)$$,
-	'the state-changing functions are SECURITY DEFINER; register_tool pins search_path with SET');
+			 ('release', false, NULL),
+			 ('resolve', false, NULL)$$,
+	'the state-changing C functions run as their caller; register_tool is SECURITY DEFINER and pins search_path with SET');
 SELECT is_empty(
 	$$SELECT f.proname FROM ext_functions f JOIN pg_proc p ON p.oid = f.oid JOIN pg_language l ON l.oid = p.prolang
 	  WHERE f.prosecdef AND l.lanname <> 'c'
