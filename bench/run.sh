@@ -12,6 +12,9 @@
 #   budget the retry cycle with and without the tenant's retry budgets
 #   runs   claim -> complete of keys that are steps of a run, and of keys
 #          that are not
+#   tenancy  claim -> complete of new keys by an agent role: with no tenant
+#          membership (single-tenant) and as the member of one tenant
+#          among a thousand memberships (the membership check)
 #   stats  what recording costs: claim -> complete with stats at their
 #          defaults and with agentretry.track_stats off; replay with
 #          replays counted (and not) against the raw primary-key read;
@@ -20,7 +23,7 @@
 #          reconcile(BENCH_RECONCILE_BATCH) calls, in the sweep's tables
 #          (built once for both parts)
 #
-#   BENCH_PARTS          subset of: core cycle budget runs stats sweep reconcile (default all)
+#   BENCH_PARTS          subset of: core cycle budget runs tenancy stats sweep reconcile (default all)
 #   BENCH_SECONDS        duration of each pgbench run             (default 20)
 #   BENCH_ROUNDS         runs per implementation and setting      (default 2)
 #   BENCH_CLIENTS        pgbench clients                          (default 8)
@@ -54,7 +57,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname "$here")
 
-BENCH_PARTS=${BENCH_PARTS:-core cycle budget runs stats sweep reconcile}
+BENCH_PARTS=${BENCH_PARTS:-core cycle budget runs tenancy stats sweep reconcile}
 BENCH_SECONDS=${BENCH_SECONDS:-20}
 BENCH_ROUNDS=${BENCH_ROUNDS:-2}
 BENCH_CLIENTS=${BENCH_CLIENTS:-8}
@@ -80,11 +83,11 @@ has_part() {
 	case " $BENCH_PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac
 }
 for part in $BENCH_PARTS; do
-	case $part in core | cycle | budget | runs | stats | sweep | reconcile) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle budget runs stats sweep reconcile)" >&2; exit 1 ;; esac
+	case $part in core | cycle | budget | runs | tenancy | stats | sweep | reconcile) ;; *) echo "unknown part: $part (BENCH_PARTS: core cycle budget runs tenancy stats sweep reconcile)" >&2; exit 1 ;; esac
 done
 # the pgbench parts, and the parts that build the large tables
 pgbench_parts() {
-	has_part core || has_part cycle || has_part budget || has_part runs || has_part stats
+	has_part core || has_part cycle || has_part budget || has_part runs || has_part tenancy || has_part stats
 }
 table_parts() {
 	has_part sweep || has_part reconcile
@@ -96,12 +99,14 @@ has_part core && workloads="$BENCH_WORKLOADS"
 has_part cycle && workloads="$workloads cycle"
 has_part budget && workloads="$workloads budget"
 has_part runs && workloads="$workloads runs"
+has_part tenancy && workloads="$workloads tenancy"
 has_part stats && workloads="$workloads stats stats_replay receipt"
 impls_of() {
 	case $1 in
 		cycle) echo "raw agentretry" ;;
 		budget) echo "none tenant budgets" ;;
 		runs) echo "plain run" ;;
+		tenancy) echo "single members" ;;
 		stats) echo "off defaults" ;;
 		stats_replay) echo "raw defaults off" ;;
 		receipt) echo "without with" ;;
@@ -274,9 +279,36 @@ if has_part runs; then
 		FROM generate_series(0, $BENCH_CLIENTS - 1) c" >/dev/null
 fi
 
+if has_part tenancy; then
+	echo "setting up tenancy: role bench_agent"
+	psql_q -c "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_agent') THEN
+			CREATE ROLE bench_agent LOGIN IN ROLE agentretry_agent;
+		END IF; END \$\$" >/dev/null
+fi
+
 if pgbench_parts; then
 	psql_q -c "VACUUM ANALYZE"
 fi
+
+# The tenancy part: the agent role bench_agent runs claim -> complete
+# without naming a tenant, with no membership at all (single-tenant, the
+# check skipped) and as the member of tenant "default" while other roles
+# hold 999 memberships of other tenants (the check made, from the
+# backend's cache).  The memberships are added before the run and
+# removed after it.
+tenancy_set() {
+	psql_q -c "DO \$\$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'bench_other') THEN
+			CREATE ROLE bench_other;
+		END IF; END \$\$" >/dev/null
+	psql_q -c "SELECT count(agentretry.add_tenant_member('bench_agent', 'default'))" >/dev/null
+	psql_q -c "SELECT count(agentretry.add_tenant_member('bench_other', 'tenant-' || g))
+		FROM generate_series(1, 999) g" >/dev/null
+}
+tenancy_drop() {
+	psql_q -c "DELETE FROM agentretry.tenant_members" >/dev/null
+}
 
 # The budget part runs the retry cycle of the agentretry side three times:
 # with no budget ("none"); with every retry debiting the tenant's bucket
@@ -319,6 +351,7 @@ run_one() {
 
 	local script=$here/${workload}_${impl}.pgbench
 	local options="-c synchronous_commit=$sync"
+	local user=postgres
 
 	case $workload/$impl in
 		budget/*)
@@ -330,6 +363,11 @@ run_one() {
 		stats_replay/*) script=$here/replay_agentretry.pgbench ;;
 		receipt/without) script=$here/stats_claim_complete.pgbench ;;
 		receipt/with) script=$here/receipt_claim_complete.pgbench ;;
+		tenancy/*)
+			script=$here/runs_plain.pgbench
+			user=bench_agent
+			[ "$impl" = members ] && tenancy_set
+			;;
 	esac
 	# the stats part's "off": nothing recorded (trace_all is off at the
 	# defaults too); track_stats is superuser-settable (PGC_SUSET), and
@@ -345,7 +383,7 @@ run_one() {
 	esac
 	psql_q -c CHECKPOINT
 	build=$(so_sum)
-	if ! PGOPTIONS="$options" pgbench -n -M prepared \
+	if ! PGOPTIONS="$options" pgbench -n -M prepared -U "$user" \
 		-c "$BENCH_CLIENTS" -j "$BENCH_THREADS" -T "$BENCH_SECONDS" \
 		-D replay_keys="$BENCH_REPLAY_KEYS" \
 		-f "$script" "$db" >"$log" 2>&1; then
@@ -359,6 +397,7 @@ run_one() {
 		exit 1
 	fi
 	[ "$workload" = budget ] && budgets_drop
+	[ "$workload" = tenancy ] && tenancy_drop
 	tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$log")
 	[ -n "$tps" ] || { echo "no tps in $log" >&2; exit 1; }
 	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$workload" "$sync" "$impl" "$round" "$tps" "$build" >>"$runs"
@@ -772,6 +811,25 @@ if has_part runs; then
 	}' "$runs")
 fi
 
+# Tenancy: claim -> complete as the member of one tenant among a thousand
+# memberships, against single-tenant: the core rows must not regress.
+tenancy_table=""
+if has_part tenancy; then
+	tenancy_table=$(awk -F'\t' -v syncs="$BENCH_SYNC" '
+	$1 == "tenancy" { sum[$2, $3] += $5; n[$2, $3]++ }
+	function mean(s, i) { return sum[s, i] / n[s, i] }
+	END {
+		print "| workload | sync commit | tps single-tenant | tps with memberships | x single-tenant | target | met? |"
+		print "|---|---|---:|---:|---:|---|---|"
+		ns = split(syncs, ss, " ")
+		for (b = 1; b <= ns; b++) {
+			s = ss[b]; r = mean(s, "single"); e = mean(s, "members"); vr = e / r
+			printf "| claim -> complete, new keys, two commits, an agent role without naming its tenant | %s | %.0f | %.0f | %.2f | >= 0.95x | %s |\n",
+				s, r, e, vr, (vr >= 0.95) ? "yes" : "NO"
+		}
+	}' "$runs")
+fi
+
 # The sweep: median time per size and the ratio of each size to the
 # smallest; target: the largest at most 1.3x the smallest.
 sweep_table=""
@@ -947,6 +1005,10 @@ report() {
 	fi
 	if [ -n "$runs_table" ]; then
 		echo "$runs_table"
+		echo
+	fi
+	if [ -n "$tenancy_table" ]; then
+		echo "$tenancy_table"
 		echo
 	fi
 	if [ -n "$stats_table" ]; then

@@ -418,6 +418,12 @@ applicable_budgets(const Operation *op, const char *owner, bool ratio_only,
 	FLOAT8OID, INT4OID, INTERVALOID, INT4OID, INT4OID}
 
 static ArPlan debit_bucket_plan = {DEBIT_BUCKET_SQL, 12, DEBIT_ARGTYPES};
+
+/* a first attempt counted: nothing paid, nothing read back */
+static ArPlan count_first_plan = {
+	"UPDATE agentretry.budget_stripes s SET" DEBIT_COUNTS DEBIT_WHERE,
+	12, DEBIT_ARGTYPES
+};
 static ArPlan debit_ratio_plan = {DEBIT_RATIO_SQL, 12, DEBIT_ARGTYPES};
 
 /*
@@ -1109,10 +1115,20 @@ budget_count_first_attempt(const Operation *op, const char *owner,
 						   TimestampTz now)
 {
 	const Budget *budgets[MAX_BUDGETS];
-	Debit		d;
+	Datum		values[12];
 	int			n = applicable_budgets(op, owner, true, budgets);
 	int			i;
 
 	for (i = 0; i < n; i++)
-		(void) debit(op, budgets[i], 0, 1, 0, now, &d);
+	{
+		const Budget *b = budgets[i];
+
+		stripe_params(values, op, b, now);
+		values[7] = Float8GetDatum(0);
+		values[8] = Int32GetDatum(MyProcPid % b->stripes);
+		values[9] = IntervalPGetDatum(usec_interval(b->window));
+		values[10] = Int32GetDatum(1);
+		values[11] = Int32GetDatum(0);
+		ar_run(&count_first_plan, values, NULL, false);
+	}
 }
