@@ -37,7 +37,7 @@ DATA = $(wildcard sql/agentretry--*.sql)
 PGFILEDESC = "agentretry - safe retries for side-effecting tool calls"
 
 # pg_regress suite: sql/NAME.sql against expected/NAME.out
-REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples readme_runs budget_cache scheduling sweep operator upgrade runs compensation approvals reconcile stats bad_input tenancy
+REGRESS = setup op_hash claim_outcomes complete_fail resolve_lease errors security readme_examples readme_runs budget_cache scheduling sweep operator upgrade runs compensation approvals reconcile stats bad_input guard tenancy
 REGRESS_OPTS = --inputdir=. --outputdir=build/regress
 
 # isolation specs: test/isolation/specs/NAME.spec

@@ -797,21 +797,21 @@ LANGUAGE C STABLE PARALLEL SAFE;
 COMMENT ON FUNCTION agentretry.tenant_visible(text) IS
 	'row level security: may current_user see the rows of tenant';
 
--- The tenants the session's role may act for; NULL for every tenant.
+-- The tenants the caller (current_user) may act for; NULL for every tenant.
 CREATE FUNCTION agentretry.caller_tenants()
 RETURNS text[]
 AS 'MODULE_PATHNAME', 'agentretry_caller_tenants'
 LANGUAGE C STABLE;
 COMMENT ON FUNCTION agentretry.caller_tenants() IS
-	'the tenants the session''s role may act for; NULL: every tenant';
+	'the tenants the caller (current_user) may act for; NULL: every tenant';
 
--- 42501 unless the session's role may act for tenant (for SQL functions)
+-- 42501 unless the caller (current_user) may act for tenant (for SQL functions)
 CREATE FUNCTION agentretry.check_caller_tenant(tenant text)
 RETURNS void
 AS 'MODULE_PATHNAME', 'agentretry_check_caller_tenant'
 LANGUAGE C STABLE STRICT;
 COMMENT ON FUNCTION agentretry.check_caller_tenant(text) IS
-	'raises 42501 unless the session''s role may act for tenant';
+	'raises 42501 unless the caller (current_user) may act for tenant';
 
 -- add_tenant_member(role, tenant): true when added, false when it was a
 -- member already.  The first membership turns tenancy on.

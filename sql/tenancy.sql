@@ -793,6 +793,42 @@ SET ROLE regress_ar_t_adminworker;
 SELECT tenant, key FROM agentretry.claim_due('w', 5, tenant => 'tn-zadm-4') ORDER BY key;
 RESET ROLE;
 
+-- with a tools filter that only tenants in the middle of the walk match:
+-- tn-wk-01 .. tn-wk-30 have 2 due retries of tn_wk_x each, tn-wk-11 ..
+-- tn-wk-20 also 3 of tn_wk_y each.  A worker asking for tn_wk_y with max 10
+-- gets 10, 10 and 10, then nothing: the walk counts only tenants with work
+-- it may lease, and a call goes on after the last tenant it took (it once
+-- went on after the last one walked, and every later call came back empty)
+SELECT (agentretry.register_tool(t, 'idempotent', 'read',
+	base_delay => '0', max_delay => '0', jitter => 'none', lease => '1 hour')).name
+FROM unnest(ARRAY['tn_wk_x', 'tn_wk_y']) t;
+SELECT sum(tn_due(format('tn-wk-%s', lpad(n::text, 2, '0')), 2, 'tn_wk_x')) AS x_due
+FROM generate_series(1, 30) n;
+SELECT count(*) AS y_due
+FROM generate_series(11, 20) n, generate_series(1, 3) i,
+	agentretry.claim(format('wk-y-%s', i), '{}', 'tn_wk_y',
+		format('tn-wk-%s', lpad(n::text, 2, '0'))) c,
+	agentretry.fail(format('wk-y-%s', i), c.lease_token, 'transient', 'pre_execution',
+		tenant => format('tn-wk-%s', lpad(n::text, 2, '0'))) f
+WHERE f.action = 'retry';
+UPDATE agentretry.operations SET next_attempt_at = clock_timestamp() - interval '1 hour'
+	+ CASE WHEN key LIKE 'wk-y-%' THEN substr(key, 6)::integer * interval '1 second'
+		   ELSE interval '0' END
+WHERE tenant LIKE 'tn-wk-%' AND state = 'retry_wait';
+DELETE FROM tn_calls WHERE worker = 'regress_ar_t_adminworker';
+DELETE FROM tn_leases WHERE worker = 'regress_ar_t_adminworker';
+\c
+SET ROLE regress_ar_t_adminworker;
+CALL tn_worker(4, 10, ARRAY['tn_wk_y']);
+RESET ROLE;
+SELECT c.call, c.leased, count(l.key) FILTER (WHERE l.key NOT LIKE 'wk-y-%') AS not_y
+FROM tn_calls c LEFT JOIN tn_leases l USING (worker, call)
+WHERE c.worker = 'regress_ar_t_adminworker'
+GROUP BY c.call, c.leased ORDER BY c.call;
+SELECT * FROM tn_lease_check WHERE worker = 'regress_ar_t_adminworker';
+DELETE FROM agentretry.events WHERE tenant LIKE 'tn-wk-%';
+DELETE FROM agentretry.operations WHERE tenant LIKE 'tn-wk-%';
+
 -- claim_verifications() round robin: tn-rv-a has 1 operation to verify,
 -- tn-rv-b 12, tn-rv-c 5; max 6
 SELECT agentretry.add_tenant_member('regress_ar_t_verifier', 'tn-rv-c') AS added;

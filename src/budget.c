@@ -8,12 +8,12 @@
  * the run's limit (its max_retry_events, by default
  * agentretry.run_max_retries, retry events per run),
  * and the budgets defined for the operation's tenant, its owner (scope
- * user) and its tool.  Checking is done in two phases so that a denial
- * leaves no debit without needing a subtransaction: first every budget
- * locks a stripe that can pay (or says why not), then, only if all can,
- * every locked stripe is debited.  Everything happens in the caller's
- * transaction: a retry rolled back takes its debits and ledger rows with
- * it.
+ * user) and its tool.  Every budget is debited (several in one statement:
+ * debit_batch()); when one denies the retry, the debits made are given
+ * back (refund()) to the stripes, which this transaction still holds, so
+ * a denial leaves no debit without needing a subtransaction.  Everything
+ * happens in the caller's transaction: a retry rolled back takes its
+ * debits and ledger rows with it.
  *
  * Hot budgets.  A budget's tokens and counters are split over `stripes`
  * rows.  A debit takes the first stripe, starting from one chosen by the

@@ -18,8 +18,8 @@
  * subtransaction (a PL/pgSQL block with an EXCEPTION clause), where the
  * client cannot act before the lease commits.  What tells a BEGIN:
  *
- *	- a BEGIN or START TRANSACTION of this transaction, seen by the
- *	  ProcessUtility hook.  The hook is there once the library is loaded:
+ *	- a BEGIN or START TRANSACTION of this transaction, or the COMMIT or
+ *	  ROLLBACK AND CHAIN that began it, seen by the ProcessUtility hook.  The hook is there once the library is loaded:
  *	  preloaded, or by an earlier agentretry call of the session;
  *	- when the library was loaded inside this transaction's block (the
  *	  first agentretry call of a session came after the driver's BEGIN, the
@@ -49,6 +49,7 @@
 static ProcessUtility_hook_type prev_process_utility = NULL;
 static bool begun_explicitly = false;
 static bool loaded_in_block = false;
+static TimestampTz chained_at = 0;	/* a COMMIT or ROLLBACK AND CHAIN ran */
 
 static void
 guard_process_utility(PlannedStmt *pstmt, const char *queryString,
@@ -70,6 +71,10 @@ guard_process_utility(PlannedStmt *pstmt, const char *queryString,
 
 		if (kind == TRANS_STMT_BEGIN || kind == TRANS_STMT_START)
 			begun_explicitly = IsTransactionBlock();
+		/* its new block starts when this statement ends, without a BEGIN */
+		else if ((kind == TRANS_STMT_COMMIT || kind == TRANS_STMT_ROLLBACK) &&
+				 ((TransactionStmt *) parsetree)->chain)
+			chained_at = GetCurrentStatementStartTimestamp();
 	}
 }
 
@@ -102,6 +107,7 @@ lease_guarded(FunctionCallInfo fcinfo, int argno)
 	if (PG_NARGS() > argno && !PG_ARGISNULL(argno) && PG_GETARG_BOOL(argno))
 		return false;
 	return begun_explicitly ||
+		GetCurrentTransactionStartTimestamp() == chained_at ||
 		(loaded_in_block &&
 		 GetCurrentTransactionStartTimestamp() < GetCurrentStatementStartTimestamp());
 }

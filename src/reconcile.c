@@ -249,7 +249,7 @@ agentretry_acknowledge(PG_FUNCTION_ARGS)
 	 * Another tenant's anomaly is not there for the caller, and is not
 	 * locked by it either (a wait would tell it exists).
 	 */
-	if (ar_run(&anomaly_tenant_plan, values, NULL, true) == 0 ||
+	if (ar_run(&anomaly_tenant_plan, values, NULL, false) == 0 ||
 		!caller_may_act_for(col_text(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1)) ||
 		ar_run(&anomaly_lock_plan, values, NULL, false) == 0)
 		ereport(ERROR,

@@ -228,10 +228,14 @@ lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
  */
 #define WALK_MAX(max) Max((max) * 2, 16)
 
-/* one step of a walk: the next tenant after t of the partial index of state */
+/*
+ * one step of a walk: the next tenant after t of the partial index of
+ * states, up to $4 when not NULL
+ */
 #define NEXT_TENANT(states, t) \
 	"(SELECT o.tenant FROM agentretry.operations o" \
-	" WHERE " states " AND o.tenant > " t " ORDER BY o.tenant LIMIT 1)"
+	" WHERE " states " AND o.tenant > " t \
+	" AND ($4::text IS NULL OR o.tenant <= $4) ORDER BY o.tenant LIMIT 1)"
 
 /* a walk of at most $2 distinct tenants after $1 */
 #define WALK(name, states) \
@@ -240,21 +244,26 @@ lease_due_batch(ReturnSetInfo *rsinfo, const char *tenant, Datum tools,
 	" FROM " name " WHERE " name ".tenant IS NOT NULL AND " name ".n < $2)"
 
 /*
- * $1 after this tenant, $2 at most this many, $3 now: the next tenants
- * with waiting retries or leases (operations_retry_due,
- * operations_lease_expiry), each with whether it has any due now
+ * $1 after this tenant, $2 at most this many, $3 now, $4 up to this
+ * tenant or NULL, $5 tools or NULL: the next tenants with waiting retries
+ * or leases (operations_retry_due, operations_lease_expiry), each with
+ * whether it has any that claim_due() would lease now
  */
 static ArPlan due_tenants_plan = {
 	"WITH RECURSIVE " WALK("r", "o.state = 'retry_wait'") ","
 	" " WALK("l", "o.state = 'in_progress'")
 	" SELECT x.tenant,"
 	"  EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = x.tenant"
-	"   AND o.state = 'retry_wait' AND o.next_attempt_at <= $3)"
-	"  OR EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = x.tenant"
-	"   AND o.state = 'in_progress' AND o.lease_expires_at <= $3)"
+	"   AND o.state = 'retry_wait' AND o.next_attempt_at <= $3"
+	"   AND ($5::text[] IS NULL OR o.tool = ANY ($5)))"
+	"  OR EXISTS (SELECT FROM agentretry.operations o"
+	"   JOIN agentretry.tools t ON t.name = o.tool AND t.idempotency = 'idempotent'"
+	"   WHERE o.tenant = x.tenant"
+	"   AND o.state = 'in_progress' AND o.lease_expires_at <= $3"
+	"   AND ($5::text[] IS NULL OR o.tool = ANY ($5)))"
 	" FROM (SELECT DISTINCT w.tenant FROM (SELECT tenant FROM r UNION ALL SELECT tenant FROM l) w"
 	"  WHERE w.tenant IS NOT NULL ORDER BY 1 LIMIT $2) x ORDER BY 1",
-	3, {TEXTOID, INT4OID, TIMESTAMPTZOID}
+	5, {TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID}
 };
 
 /*
@@ -269,9 +278,10 @@ static ArPlan verify_tenants_plan = {
 	" SELECT a.tenant,"
 	"  EXISTS (SELECT FROM agentretry.operations o WHERE o.tenant = a.tenant"
 	"   AND " ATTENTION " AND o.state = 'verify'"
-	"   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $3))"
+	"   AND (o.lease_expires_at IS NULL OR o.lease_expires_at <= $3)"
+	"   AND ($5::text[] IS NULL OR o.tool = ANY ($5)))"
 	" FROM a WHERE a.tenant IS NOT NULL ORDER BY 1",
-	3, {TEXTOID, INT4OID, TIMESTAMPTZOID}
+	5, {TEXTOID, INT4OID, TIMESTAMPTZOID, TEXTOID, TEXTARRAYOID}
 };
 
 /* the last tenant a multi-tenant call of this backend went past, per kind */
@@ -279,22 +289,27 @@ static char last_due_tenant[AR_MAX_NAME_LEN + 1];
 static char last_verify_tenant[AR_MAX_NAME_LEN + 1];
 
 /*
- * Walk from after (only up to before, when not NULL) and append the
- * tenants with work to names[*n].  Sets *end to the last tenant walked,
- * or to "" when the walk reached the last tenant there is.
+ * Walk from after (up to upto, when not NULL) and append the tenants with
+ * work to names[*n], at most limit.  Sets *end to the tenant the next call
+ * goes on after: the last one appended when names is full, else the last
+ * one walked, or "" when the walk reached the last tenant there is.
  */
 static void
-walk_tenants(ArPlan *plan, const char *after, const char *before, int limit,
-			 TimestampTz now, char **names, int *n, char *end)
+walk_tenants(ArPlan *plan, const char *after, const char *upto, int limit,
+			 TimestampTz now, Datum tools, bool tools_null, char **names,
+			 int *n, char *end)
 {
-	Datum		values[3];
+	Datum		values[5];
+	char		nulls[5] = {' ', ' ', ' ', upto ? ' ' : 'n', tools_null ? 'n' : ' '};
 	uint64		got;
 	uint64		i;
 
 	values[0] = CStringGetTextDatum(after);
 	values[1] = Int32GetDatum(limit);
 	values[2] = TimestampTzGetDatum(now);
-	got = ar_run(plan, values, NULL, true);
+	values[3] = upto ? CStringGetTextDatum(upto) : (Datum) 0;
+	values[4] = tools;
+	got = ar_run(plan, values, nulls, true);
 	end[0] = '\0';
 	for (i = 0; i < got; i++)
 	{
@@ -302,11 +317,15 @@ walk_tenants(ArPlan *plan, const char *after, const char *before, int limit,
 		char	   *t = col_text(tup, SPI_tuptable->tupdesc, 1);
 		bool		isnull;
 
-		if (before != NULL && strcmp(t, before) > 0)
-			break;				/* walked by the first walk already */
-		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)) &&
-			*n < limit)
+		if (DatumGetBool(SPI_getbinval(tup, SPI_tuptable->tupdesc, 2, &isnull)))
+		{
 			names[(*n)++] = t;
+			if (*n == limit)
+			{
+				strlcpy(end, t, AR_MAX_NAME_LEN + 1);
+				return;
+			}
+		}
 		if (got == (uint64) limit)
 			strlcpy(end, t, AR_MAX_NAME_LEN + 1);
 	}
@@ -319,8 +338,8 @@ walk_tenants(ArPlan *plan, const char *after, const char *before, int limit,
  * them are visited.
  */
 static int
-tenants_in_turn(bool verify, int limit, TimestampTz now, char **names,
-				char *end)
+tenants_in_turn(bool verify, int limit, TimestampTz now, Datum tools,
+				bool tools_null, char **names, char *end)
 {
 	const CallerTenants *t = caller_tenants();
 	const char *last = verify ? last_verify_tenant : last_due_tenant;
@@ -339,10 +358,10 @@ tenants_in_turn(bool verify, int limit, TimestampTz now, char **names,
 		strlcpy(end, n > 0 ? names[n - 1] : "", AR_MAX_NAME_LEN + 1);
 		return n;
 	}
-	walk_tenants(plan, last, NULL, limit, now, names, &n, end);
+	walk_tenants(plan, last, NULL, limit, now, tools, tools_null, names, &n, end);
 	/* the walk reached the last tenant: go on from the first, up to last */
-	if (end[0] == '\0' && last[0] != '\0')
-		walk_tenants(plan, "", last, limit, now, names, &n, end);
+	if (end[0] == '\0' && last[0] != '\0' && n < limit)
+		walk_tenants(plan, "", last, limit, now, tools, tools_null, names, &n, end);
 	return n;
 }
 
@@ -367,7 +386,8 @@ lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
 	bool	   *more = palloc(sizeof(bool) * limit);
 	char	   *last = verify ? last_verify_tenant : last_due_tenant;
 	char		end[AR_MAX_NAME_LEN + 1];
-	int			n = tenants_in_turn(verify, limit, req->now, names, end);
+	int			n = tenants_in_turn(verify, limit, req->now, tools, tools_null,
+									names, end);
 	int			leased = 0;
 	int			examined = 0;
 	int			active = 0;
@@ -413,7 +433,7 @@ lease_round_robin(ReturnSetInfo *rsinfo, bool verify, TenantBatch batch,
 
 /*
  * What claim_due() and claim_verifications() lease for: owner (argument 0,
- * default the session's role) and lease (argument 4, default the tool's).
+ * default the caller's role) and lease (argument 4, default the tool's).
  */
 static void
 lease_request(FunctionCallInfo fcinfo, ClaimRequest *req)

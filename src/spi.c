@@ -18,12 +18,13 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
-#include "catalog/pg_namespace.h"
+#include "catalog/pg_class.h"
 #include "miscadmin.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/inval.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -35,8 +36,7 @@
  * that calls one is its caller, as PostgreSQL sees it (current_user, so
  * that a SECURITY DEFINER function of someone else's, or an index
  * expression, acts with its owner's tenants, not with the session's), and
- * its queries run as the owner of the schema agentretry (the extension's
- * owner), who owns the tables: ar_spi_begin() switches to that role and
+ * its queries run as the owner of the tables (the extension's owner): ar_spi_begin() switches to that role and
  * ar_spi_end() back, as a SECURITY DEFINER function would.  While switched,
  * ar_caller() still answers the caller; a (sub)transaction abort restores
  * the role, and the switches made in it are forgotten (switch_stack: each
@@ -53,35 +53,42 @@ typedef struct Switch
 
 static Switch switch_stack[MAX_SWITCHES];
 static int	nswitches = 0;
-static Oid	schema_owner = InvalidOid;
+static Oid	tables_owner = InvalidOid;
+static Oid	operations_relid = InvalidOid;
 static bool owner_callback = false;
 
 static void
-schema_changed(Datum arg, int cacheid, uint32 hashvalue)
+operations_changed(Datum arg, Oid relid)
 {
-	schema_owner = InvalidOid;
+	if (relid == InvalidOid || relid == operations_relid)
+		tables_owner = InvalidOid;
 }
 
-/* the owner of the schema agentretry */
+/*
+ * The owner of agentretry's tables (of agentretry.operations, which every
+ * version has): the extension's owner, unless someone changed it.
+ */
 static Oid
 agentretry_owner(void)
 {
-	if (!OidIsValid(schema_owner))
+	if (!OidIsValid(tables_owner))
 	{
-		Oid			nsp = get_namespace_oid("agentretry", false);
-		HeapTuple	tup = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+		HeapTuple	tup;
 
+		operations_relid = get_relname_relid("operations",
+											 get_namespace_oid("agentretry", false));
+		tup = SearchSysCache1(RELOID, ObjectIdGetDatum(operations_relid));
 		if (!HeapTupleIsValid(tup))
-			elog(ERROR, "cache lookup failed for namespace %u", nsp);
-		schema_owner = ((Form_pg_namespace) GETSTRUCT(tup))->nspowner;
+			elog(ERROR, "agentretry: table agentretry.operations is missing");
+		tables_owner = ((Form_pg_class) GETSTRUCT(tup))->relowner;
 		ReleaseSysCache(tup);
 		if (!owner_callback)
 		{
-			CacheRegisterSyscacheCallback(NAMESPACEOID, schema_changed, (Datum) 0);
+			CacheRegisterRelcacheCallback(operations_changed, (Datum) 0);
 			owner_callback = true;
 		}
 	}
-	return schema_owner;
+	return tables_owner;
 }
 
 static bool

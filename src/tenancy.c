@@ -94,7 +94,7 @@ typedef struct RoleCache
 	CallerTenants t;
 } RoleCache;
 
-static RoleCache caller_cache;	/* the caller's role */
+static RoleCache caller_cache;	/* the caller's role (ar_caller) */
 static RoleCache current_cache; /* current_user, for row level security */
 static uint64 role_changes = 0; /* counts invalidations of roles */
 static bool callbacks_registered = false;
@@ -170,12 +170,13 @@ load_role(RoleCache *c, Oid roleid)
 		c->cxt = AllocSetContextCreate(TopMemoryContext, "agentretry tenants",
 									   ALLOCSET_SMALL_SIZES);
 	c->valid = false;
+	c->lxid = InvalidLocalTransactionId;	/* nothing half-built is reused */
 	MemoryContextReset(c->cxt);
 	c->t.tenants = NULL;
 	c->t.n = 0;
 
+	c->t.enforced = memberships_exist();
 	ar_spi_begin(&spi);
-	c->t.enforced = cached_flag(&members_flag);
 	c->generation = members_flag.generation;
 	c->t.all = role_sees_all(roleid);
 	if (c->t.enforced)
@@ -206,25 +207,25 @@ load_role(RoleCache *c, Oid roleid)
 static const CallerTenants *
 role_tenants(RoleCache *c, Oid roleid)
 {
-	bool		fresh = c->roleid == roleid && members_flag.known &&
-		c->generation == members_flag.generation;
-
-	if (IsolationUsesXactSnapshot() ?
-		!(fresh && c->lxid == MyProc->lxid && c->cxt != NULL) :
-		!(fresh && c->valid))
+	if (IsolationUsesXactSnapshot())
+	{
+		/* read once per transaction, with its snapshot */
+		if (!(c->roleid == roleid && c->lxid == MyProc->lxid && c->cxt != NULL))
+			load_role(c, roleid);
+	}
+	else if (!(c->valid && c->roleid == roleid && members_flag.known &&
+			   c->generation == members_flag.generation))
 		load_role(c, roleid);
 	return &c->t;
 }
 
-/* the tenants of the session's role */
+/* the tenants of the caller (ar_caller(): current_user) */
 const CallerTenants *
 caller_tenants(void)
 {
 	static CallerTenants open = {false, true, 0, NULL};
 
-	if (!memberships_exist())
-		return &open;
-	/* a membership removed by a transaction that committed binds at once */
+	/* a membership changed by a transaction that committed binds at once */
 	AcceptInvalidationMessages();
 	if (!memberships_exist())
 		return &open;
@@ -351,7 +352,7 @@ PG_FUNCTION_INFO_V1(agentretry_caller_tenants);
 /*
  * caller_tenants() returns text[]
  *
- * The tenants the session's role may act for, for the filters of
+ * The tenants the caller (current_user) may act for, for the filters of
  * agentretry's own SQL functions (stats): NULL when it may act for every
  * tenant (an admin, a superuser, or no membership at all).
  */
@@ -377,7 +378,7 @@ PG_FUNCTION_INFO_V1(agentretry_check_caller_tenant);
  * check_caller_tenant(tenant text) returns void
  *
  * For agentretry's SQL functions (stats): raises 42501 unless the
- * session's role may act for tenant.
+ * caller (current_user) may act for tenant.
  */
 Datum
 agentretry_check_caller_tenant(PG_FUNCTION_ARGS)
