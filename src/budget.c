@@ -510,15 +510,24 @@ static ArPlan gather_take_plan = {
 	FLOAT8OID, INT4OID}
 };
 
-/* add the other stripes' tokens, first attempts and retries to d's */
+/*
+ * What a debit statement returned for d's budget, from column col on: the
+ * stripe, its tokens and sliding counts, and the other stripes' (added).
+ */
 static void
-add_others(Debit *d, ArrayType *others)
+debit_from_row(Debit *d, HeapTuple tup, TupleDesc desc, int col)
 {
 	Datum	   *elems;
 	bool	   *nulls;
+	bool		isnull;
 	int			n;
 
-	deconstruct_array(others, FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL,
+	d->stripe = DatumGetInt32(SPI_getbinval(tup, desc, col, &isnull));
+	d->balance = DatumGetFloat8(SPI_getbinval(tup, desc, col + 1, &isnull));
+	d->firsts = DatumGetFloat8(SPI_getbinval(tup, desc, col + 2, &isnull));
+	d->retries = DatumGetFloat8(SPI_getbinval(tup, desc, col + 3, &isnull));
+	deconstruct_array(DatumGetArrayTypeP(SPI_getbinval(tup, desc, col + 4, &isnull)),
+					  FLOAT8OID, sizeof(float8), FLOAT8PASSBYVAL,
 					  TYPALIGN_DOUBLE, &elems, &nulls, &n);
 	if (n != 3)
 		elog(ERROR, "agentretry: unexpected budget totals");
@@ -665,9 +674,6 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 	  int retries, TimestampTz now, Debit *d)
 {
 	Datum		values[12];
-	HeapTuple	tup;
-	TupleDesc	desc;
-	bool		isnull;
 
 	stripe_params(values, op, b, now);
 	values[7] = Float8GetDatum(b->has_bucket ? cost : 0);
@@ -697,15 +703,9 @@ debit(const Operation *op, const Budget *b, double cost, int firsts,
 		if (ar_run(debit_plan_of(b), values, NULL, false) == 0)
 			elog(ERROR, "agentretry: a budget stripe vanished while locked");
 	}
-	tup = SPI_tuptable->vals[0];
-	desc = SPI_tuptable->tupdesc;
 	d->b = b;
 	d->cost = b->has_bucket ? cost : 0;
-	d->stripe = DatumGetInt32(SPI_getbinval(tup, desc, 1, &isnull));
-	d->balance = DatumGetFloat8(SPI_getbinval(tup, desc, 2, &isnull));
-	d->firsts = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
-	d->retries = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
-	add_others(d, DatumGetArrayTypeP(SPI_getbinval(tup, desc, 5, &isnull)));
+	debit_from_row(d, SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1);
 	return true;
 }
 
@@ -780,11 +780,7 @@ debit_batch(const Operation *op, const Budget **budgets, const double *cost,
 		d->b = budgets[i];
 		d->cost = budgets[i]->has_bucket ? cost[i] : 0;
 		d->ngathered = 0;
-		d->stripe = DatumGetInt32(SPI_getbinval(tup, desc, 2, &isnull));
-		d->balance = DatumGetFloat8(SPI_getbinval(tup, desc, 3, &isnull));
-		d->firsts = DatumGetFloat8(SPI_getbinval(tup, desc, 4, &isnull));
-		d->retries = DatumGetFloat8(SPI_getbinval(tup, desc, 5, &isnull));
-		add_others(d, DatumGetArrayTypeP(SPI_getbinval(tup, desc, 6, &isnull)));
+		debit_from_row(d, tup, desc, 2);
 		paid[i] = true;
 	}
 }

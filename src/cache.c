@@ -22,6 +22,7 @@
 #include "fmgr.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "storage/proc.h"
 #include "utils/rel.h"
 
 #include "cache.h"
@@ -41,23 +42,42 @@ rows_relcache_callback(Datum arg, Oid relid)
 		if (relid == InvalidOid || relid == flags[i]->relid)
 		{
 			flags[i]->known = false;
+			flags[i]->lxid = InvalidLocalTransactionId;
 			flags[i]->generation++;
 		}
 }
 
 /*
+ * The answer of flag, when it is known without running its query: kept
+ * across transactions when it was read with a fresh snapshot (READ
+ * COMMITTED: taken after the invalidation was processed); under
+ * REPEATABLE READ and SERIALIZABLE, kept for the transaction that read it,
+ * whose snapshot does not change (its own changes of the table invalidate
+ * it at their command's end, as anybody's do).
+ */
+bool
+cached_flag_peek(const RowsFlag *flag, bool *value)
+{
+	if (IsolationUsesXactSnapshot() ?
+		flag->lxid == MyProc->lxid && flag->lxid != InvalidLocalTransactionId :
+		flag->known)
+	{
+		*value = flag->value;
+		return true;
+	}
+	return false;
+}
+
+/*
  * Does the query of flag (SELECT EXISTS ...) answer true?  Asked once per
- * backend until the table changes.  The answer outlives the transaction
- * that asked, so it is only kept when it was read with a fresh snapshot
- * (READ COMMITTED: taken after the invalidation was processed); under
- * REPEATABLE READ and SERIALIZABLE the query runs every time with the
- * transaction's snapshot, so that the answer agrees with what that
- * transaction sees, and is not kept.  Must run under ar_spi_begin().
+ * backend until the table changes (cached_flag_peek says how long an
+ * answer is kept).  Must run under ar_spi_begin().
  */
 bool
 cached_flag(RowsFlag *flag)
 {
 	bool		isnull;
+	bool		value;
 
 	if (!callback_registered)
 	{
@@ -71,13 +91,14 @@ cached_flag(RowsFlag *flag)
 		flags[nflags++] = flag;
 		flag->registered = true;
 	}
-	if (flag->known && !IsolationUsesXactSnapshot())
-		return flag->value;
+	if (cached_flag_peek(flag, &value))
+		return value;
 	flag->relid = get_relname_relid(flag->relname,
 									get_namespace_oid("agentretry", false));
 	ar_run(&flag->query, NULL, NULL, false);
 	flag->value = DatumGetBool(first_value(&isnull));
 	flag->known = !IsolationUsesXactSnapshot();
+	flag->lxid = IsolationUsesXactSnapshot() ? MyProc->lxid : InvalidLocalTransactionId;
 	return flag->value;
 }
 

@@ -10,6 +10,8 @@
 #ifndef AGENTRETRY_CACHE_H
 #define AGENTRETRY_CACHE_H
 
+#include "storage/lock.h"
+
 #include "spi.h"
 
 /* does an optional table hold rows?  (cached per backend) */
@@ -19,13 +21,15 @@ typedef struct RowsFlag
 	ArPlan		query;			/* SELECT EXISTS (...), no parameters */
 	Oid			relid;
 	bool		registered;
-	bool		known;
+	bool		known;			/* value holds across transactions */
 	bool		value;
+	LocalTransactionId lxid;	/* value holds in this transaction only */
 	uint64		generation;		/* counts invalidations, for dependent caches */
 } RowsFlag;
 
 #define ROWS_FLAG(relname, sql) {(relname), {(sql), 0}}
 
 extern bool cached_flag(RowsFlag *flag);
+extern bool cached_flag_peek(const RowsFlag *flag, bool *value);
 
 #endif							/* AGENTRETRY_CACHE_H */

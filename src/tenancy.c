@@ -94,20 +94,19 @@ typedef struct RoleCache
 	CallerTenants t;
 } RoleCache;
 
-static RoleCache caller_cache;	/* the caller's role (ar_caller) */
-static RoleCache current_cache; /* current_user, for row level security */
+/*
+ * The caller's role (ar_caller(), current_user: also the role whose row
+ * level security tenant_visible() answers for)
+ */
+static RoleCache role_cache;
 static uint64 role_changes = 0; /* counts invalidations of roles */
 static bool callbacks_registered = false;
-
-/* memberships_exist() under REPEATABLE READ: once per transaction */
-static LocalTransactionId members_lxid = InvalidLocalTransactionId;
-static bool members_lxid_value;
 
 static void
 roles_changed(Datum arg, int cacheid, uint32 hashvalue)
 {
-	caller_cache.valid = false;
-	current_cache.valid = false;
+	role_cache.valid = false;
+	role_cache.lxid = InvalidLocalTransactionId;
 	role_changes++;
 }
 
@@ -121,23 +120,15 @@ memberships_exist(void)
 {
 	ArSpi		spi;
 	bool		v;
-	bool		rr = IsolationUsesXactSnapshot();
 
-	if (members_flag.known && !rr)
-		return members_flag.value;
-	if (rr && members_lxid == MyProc->lxid)
-		return members_lxid_value;
+	if (cached_flag_peek(&members_flag, &v))
+		return v;
 	if (!OidIsValid(get_relname_relid("tenant_members",
 									  get_namespace_oid("agentretry", false))))
 		return false;
 	ar_spi_begin(&spi);
 	v = cached_flag(&members_flag);
 	ar_spi_end(&spi);
-	if (rr)
-	{
-		members_lxid = MyProc->lxid;
-		members_lxid_value = v;
-	}
 	return v;
 }
 
@@ -207,14 +198,13 @@ load_role(RoleCache *c, Oid roleid)
 static const CallerTenants *
 role_tenants(RoleCache *c, Oid roleid)
 {
-	if (IsolationUsesXactSnapshot())
-	{
-		/* read once per transaction, with its snapshot */
-		if (!(c->roleid == roleid && c->lxid == MyProc->lxid && c->cxt != NULL))
-			load_role(c, roleid);
-	}
-	else if (!(c->valid && c->roleid == roleid && members_flag.known &&
-			   c->generation == members_flag.generation))
+	bool		fresh = c->roleid == roleid &&
+		c->generation == members_flag.generation;
+
+	/* as cached_flag: under REPEATABLE READ, once per transaction */
+	if (IsolationUsesXactSnapshot() ?
+		!(fresh && c->lxid == MyProc->lxid && c->cxt != NULL) :
+		!(fresh && c->valid && members_flag.known))
 		load_role(c, roleid);
 	return &c->t;
 }
@@ -229,7 +219,7 @@ caller_tenants(void)
 	AcceptInvalidationMessages();
 	if (!memberships_exist())
 		return &open;
-	return role_tenants(&caller_cache, ar_caller());
+	return role_tenants(&role_cache, ar_caller());
 }
 
 static int
@@ -341,9 +331,9 @@ agentretry_tenant_visible(PG_FUNCTION_ARGS)
 	if (!memberships_exist())
 		PG_RETURN_BOOL(true);
 	if (PG_ARGISNULL(0))
-		PG_RETURN_BOOL(role_tenants(&current_cache, GetUserId())->all);
+		PG_RETURN_BOOL(role_tenants(&role_cache, GetUserId())->all);
 	tenant = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	PG_RETURN_BOOL(tenants_include(role_tenants(&current_cache, GetUserId()),
+	PG_RETURN_BOOL(tenants_include(role_tenants(&role_cache, GetUserId()),
 								   tenant));
 }
 
